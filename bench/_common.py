@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmarks: JSON-lines output and interleaved timing."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["emit", "environment", "time_interleaved"]
+
+
+def emit(record: Mapping[str, Any]) -> None:
+    """Print one JSON object on its own line (the benchmarks' output format)."""
+    print(json.dumps(dict(record), sort_keys=False), flush=True)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Facts that make a benchmark figure comparable: versions, threads, device."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def time_interleaved(
+    cases: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int = 1,
+    synchronize: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each case, measured round-robin so drift hits all cases alike."""
+    sync = synchronize or (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for index in range(warmup + rounds):
+        for name, case in cases.items():
+            sync()
+            start = time.perf_counter()
+            case()
+            sync()
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+        print(f"round {index + 1}/{warmup + rounds} done", file=sys.stderr, flush=True)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

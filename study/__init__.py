@@ -1,0 +1,5 @@
+"""The study service: command line, spec, runner and tracking (see design.md)."""
+
+from trainables._version import __version__
+
+__all__ = ["__version__"]
