@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic seeds and a small, fixed thread count."""
+"""Shared test settings: every test starts from the same torch seed."""
 
 from __future__ import annotations
 
