@@ -55,6 +55,23 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from study.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as error:
+        for problem in error.problems:
+            print(f"{args.spec}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"{args.spec}: valid study {spec.name!r}: {spec.method}, {spec.trials} trials "
+        f"({len(spec.enqueue)} enqueued), objectives "
+        + ", ".join(f"{m}:{d}" for m, d in spec.objectives.items())
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apc", description="Attribution-preserving network compression studies."
@@ -67,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--image-size", type=int, default=224)
     models.add_argument("--num-classes", type=int, default=20)
     models.set_defaults(handler=_models)
+    validate = commands.add_parser(
+        "validate", help="check a study spec and report every problem at once (exit 2 if any)"
+    )
+    validate.add_argument("spec", metavar="SPEC", help="path of the study's YAML spec")
+    validate.set_defaults(handler=_validate)
     return parser
 
 

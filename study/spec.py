@@ -1,0 +1,419 @@
+"""Study specs: YAML in, typed :class:`Spec` out, every problem reported at once.
+
+A spec opens with the command that runs it, e.g. ``# apc run study/presets/demo.yaml``.
+Validation collects one message per problem, each naming the key path, the rule and the value
+(``dataset.image_size: must be a positive integer, got -3``); unknown keys are reported with the
+nearest valid name. Nothing is written or started before a spec validates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from search_spaces import SearchSpace, load_search_space, nearest_name
+from trainables.metric_names import METRICS
+
+__all__ = [
+    "METHODS",
+    "SAMPLERS",
+    "DatasetSpec",
+    "ResourcesSpec",
+    "SchedulerSpec",
+    "Spec",
+    "SpecError",
+    "TeacherSpec",
+    "TrainingSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+#: Compression methods a spec may name, with the trainable that runs each.
+METHODS: Final[tuple[str, ...]] = ("distillation",)
+#: Planned methods, refused with a clear message until their trainable exists.
+PLANNED_METHODS: Final[tuple[str, ...]] = (
+    "structured_pruning",
+    "unstructured_pruning",
+    "quantization",
+)
+SAMPLERS: Final[tuple[str, ...]] = ("nsga2", "tpe", "random")
+DATASETS: Final[tuple[str, ...]] = ("shapes", "voc2012", "imagefolder")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
+    "map": "max",
+    "attr_auc": "max",
+    "params": "min",
+}
+
+
+class SpecError(ValueError):
+    """A spec with problems; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str = "shapes"
+    image_size: int = 64
+    root: str | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    arch: str = "vgg11_bn"
+    width: int = 4
+    checkpoint: str | None = None
+    epochs: int = 8
+    lr: float = 0.05
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: Literal["asha"] = "asha"
+    metric: str = "map"
+    mode: Literal["min", "max"] = "max"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated study spec (see design.md, "Spec")."""
+
+    name: str
+    seed: int = 0
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    method: str = "distillation"
+    search_space: SearchSpace = field(default_factory=lambda: SearchSpace(()))
+    search_space_ref: str | Mapping[str, Any] = "distillation"
+    enqueue: tuple[Mapping[str, Any], ...] = ()
+    objectives: Mapping[str, Literal["min", "max"]] = field(
+        default_factory=lambda: dict(DEFAULT_OBJECTIVES)
+    )
+    sampler: str = "nsga2"
+    trials: int = 12
+    max_concurrent: int = 2
+    epochs: int = 3
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    resources_per_trial: ResourcesSpec = field(default_factory=ResourcesSpec)
+    scheduler: SchedulerSpec | None = None
+    tracking_uri: str = "sqlite:///mlflow.db"
+    storage_path: str = "apc_results"
+    ray_address: str | None = None
+
+
+# -- checks: each returns None when the value is fine, else the rule ("must be ...") ----------
+
+Check = Callable[[Any], str | None]
+
+
+def _integer(minimum: int) -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            return f"must be {kind}"
+        return None
+
+    return check
+
+
+def _number(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    upper = "inf" if math.isinf(high) else f"{high:g}"
+    rule = f"must be a number in {left}{low:g}, {upper}{right}"
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return rule
+        if (
+            value < low
+            or (low_open and value == low)
+            or value > high
+            or (high_open and value == high)
+        ):
+            return rule
+        return None
+
+    return check
+
+
+def _choice(choices: tuple[Any, ...]) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {list(choices)}"
+
+    return check
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _optional(check: Check) -> Check:
+    def inner(value: Any) -> str | None:
+        return None if value is None else check(value)
+
+    return inner
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _hint(key: str, valid: Sequence[str] | Mapping[str, Any]) -> str:
+    names = list(valid)
+    close = nearest_name(key, names)
+    return f"did you mean {close!r}?" if close else f"valid: {', '.join(names)}"
+
+
+class _Section:
+    """Reads one mapping of the spec, collecting problems with their key paths."""
+
+    def __init__(self, data: object, path: str, problems: list[str], keys: tuple[str, ...]):
+        self.path = path
+        self.problems = problems
+        self.data: Mapping[str, Any] = {}
+        if data is None:
+            return
+        if not isinstance(data, Mapping):
+            problems.append(f"{path}: must be a mapping, got {data!r}")
+            return
+        self.data = data
+        for key in data:
+            if key not in keys:
+                problems.append(f"{self._at(str(key))}: unknown key ({_hint(str(key), keys)})")
+
+    def _at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: Any, check: Check) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        reason = check(value)
+        if reason:
+            self.problems.append(f"{self._at(key)}: {reason}, got {value!r}")
+            return default
+        return value
+
+
+_TOP_KEYS = (
+    "name", "seed", "dataset", "teacher", "method", "search_space", "enqueue", "objectives",
+    "sampler", "trials", "max_concurrent", "epochs", "training", "resources_per_trial",
+    "scheduler", "tracking_uri", "storage_path", "ray_address",
+)  # fmt: skip
+
+
+def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
+    keys = ("name", "image_size", "root", "train_size", "val_size", "options")
+    s = _Section(data, "dataset", problems, keys)
+    name = s.get("name", "shapes", _choice(DATASETS))
+    default_size = 64 if name == "shapes" else 224
+    image_size = s.get("image_size", default_size, _integer(7))
+    root = s.get("root", None, _optional(_string))
+    if name != "shapes" and root is None and isinstance(s.data, Mapping):
+        problems.append(f"dataset.root: is required for {name}, got nothing")
+    if name == "shapes" and root is not None:
+        problems.append(f"dataset.root: does not apply to shapes (generated), got {root!r}")
+    if root is not None and name != "shapes" and not (base_dir / root).expanduser().is_dir():
+        problems.append(f"dataset.root: must be an existing folder, got {root!r}")
+    train_size = s.get("train_size", None, _optional(_integer(1)))
+    val_size = s.get("val_size", None, _optional(_integer(1)))
+    if name != "shapes":
+        for key, value in (("train_size", train_size), ("val_size", val_size)):
+            if value is not None:
+                problems.append(f"dataset.{key}: applies only to shapes, got {value!r}")
+    options = s.get(
+        "options", {}, lambda v: None if isinstance(v, Mapping) else "must be a mapping"
+    )
+    if options:
+        from trainables.data.registry import dataset_options
+
+        accepted = set(dataset_options(name)) - {"root", "image_size", "size"}
+        for key in options:
+            if key not in accepted:
+                hint = _hint(str(key), sorted(accepted))
+                problems.append(f"dataset.options.{key}: unknown option of {name} ({hint})")
+    return DatasetSpec(name, image_size, root, train_size, val_size, dict(options))
+
+
+def _teacher(data: object, problems: list[str], base_dir: Path) -> TeacherSpec:
+    from trainables.models import ARCHITECTURES, WIDTH_DIVISORS
+
+    keys = ("arch", "width", "checkpoint", "epochs", "lr", "pretrained")
+    s = _Section(data, "teacher", problems, keys)
+    default = TeacherSpec()
+    checkpoint = s.get("checkpoint", None, _optional(_string))
+    if checkpoint is not None and not (base_dir / checkpoint).expanduser().is_file():
+        problems.append(f"teacher.checkpoint: must be an existing file, got {checkpoint!r}")
+    if checkpoint is not None and "epochs" in s.data:
+        problems.append("teacher: give either checkpoint or epochs, got both")
+    width = s.get("width", default.width, _choice(WIDTH_DIVISORS))
+    pretrained = s.get("pretrained", default.pretrained, _boolean)
+    if pretrained and width != 1:
+        problems.append(f"teacher.pretrained: ImageNet weights need width 1, got width {width}")
+    return TeacherSpec(
+        arch=s.get("arch", default.arch, _choice(tuple(ARCHITECTURES))),
+        width=width,
+        checkpoint=checkpoint,
+        epochs=s.get("epochs", default.epochs, _integer(1)),
+        lr=s.get("lr", default.lr, _number(0, math.inf, low_open=True)),
+        pretrained=pretrained,
+    )
+
+
+def _training(data: object, problems: list[str]) -> TrainingSpec:
+    keys = tuple(TrainingSpec.__dataclass_fields__)
+    s = _Section(data, "training", problems, keys)
+    d = TrainingSpec()
+    positive = _number(0, math.inf, low_open=True)
+    return TrainingSpec(
+        batch_size=s.get("batch_size", d.batch_size, _integer(1)),
+        lr=s.get("lr", d.lr, positive),
+        momentum=s.get("momentum", d.momentum, _number(0, 1, high_open=True)),
+        weight_decay=s.get("weight_decay", d.weight_decay, _number(0, math.inf)),
+        kd_temperature=s.get("kd_temperature", d.kd_temperature, positive),
+        kd_alpha=s.get("kd_alpha", d.kd_alpha, _number(0, 1)),
+        num_workers=s.get("num_workers", d.num_workers, _integer(0)),
+    )
+
+
+def _resources(data: object, problems: list[str]) -> ResourcesSpec:
+    s = _Section(data, "resources_per_trial", problems, ("cpu", "gpu"))
+    return ResourcesSpec(
+        cpu=s.get("cpu", 1.0, _number(0, math.inf, low_open=True)),
+        gpu=s.get("gpu", 0.0, _number(0, math.inf)),
+    )
+
+
+def _scheduler(data: object, problems: list[str]) -> SchedulerSpec | None:
+    if data is None:
+        return None
+    keys = ("name", "metric", "mode", "grace_period", "reduction_factor")
+    s = _Section(data, "scheduler", problems, keys)
+    metric = s.get("metric", "map", _choice(tuple(METRICS)))
+    return SchedulerSpec(
+        name=s.get("name", "asha", _choice(("asha",))),
+        metric=metric,
+        mode=s.get("mode", METRICS[metric][0], _choice(("min", "max"))),
+        grace_period=s.get("grace_period", 1, _integer(1)),
+        reduction_factor=s.get("reduction_factor", 3.0, _number(1, math.inf, low_open=True)),
+    )
+
+
+def _objectives(data: object, problems: list[str]) -> dict[str, Literal["min", "max"]]:
+    if data is None:
+        return dict(DEFAULT_OBJECTIVES)
+    if not isinstance(data, Mapping) or not data:
+        problems.append(f"objectives: must map metric names to min or max, got {data!r}")
+        return dict(DEFAULT_OBJECTIVES)
+    objectives: dict[str, Literal["min", "max"]] = {}
+    for metric, mode in data.items():
+        if metric not in METRICS:
+            problems.append(f"objectives.{metric}: unknown metric ({_hint(str(metric), METRICS)})")
+        elif mode not in ("min", "max"):
+            problems.append(f"objectives.{metric}: must be min or max, got {mode!r}")
+        else:
+            objectives[str(metric)] = mode
+    return objectives
+
+
+def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
+    """Validate a spec mapping; raises :class:`SpecError` listing every problem."""
+    base = base_dir or Path.cwd()
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise SpecError([f"spec: must be a YAML mapping of keys to values, got {data!r}"])
+    s = _Section(data, "", problems, _TOP_KEYS)
+    if "name" not in data:
+        problems.append("name: is required (the study's name, e.g. name: my-study)")
+    name = s.get(
+        "name", "", lambda v: None if isinstance(v, str) and _NAME_PATTERN.match(v) else
+        "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    )  # fmt: skip
+    method = s.get("method", "distillation", _choice(METHODS + PLANNED_METHODS))
+    if method in PLANNED_METHODS:
+        problems.append(f"method: {method!r} has no trainable yet; available: {', '.join(METHODS)}")
+    reference = data.get("search_space", method)
+    space, space_problems = load_search_space(reference, base_dir=base)
+    problems.extend(space_problems)
+    enqueue: list[Mapping[str, Any]] = []
+    raw_enqueue = data.get("enqueue", [])
+    if not isinstance(raw_enqueue, list) or not all(isinstance(p, Mapping) for p in raw_enqueue):
+        problems.append(f"enqueue: must be a list of parameter mappings, got {raw_enqueue!r}")
+    elif not space_problems:
+        for index, point in enumerate(raw_enqueue):
+            problems.extend(space.check_point(point, path=f"enqueue[{index}]"))
+            enqueue.append(dict(point))
+    trials = s.get("trials", 12, _integer(1))
+    if len(enqueue) > trials:
+        problems.append(
+            f"enqueue: must not hold more entries than trials ({trials}), got {len(enqueue)}"
+        )
+    spec = Spec(
+        name=name,
+        seed=s.get("seed", 0, _integer(0)),
+        dataset=_dataset(data.get("dataset"), problems, base),
+        teacher=_teacher(data.get("teacher"), problems, base),
+        method=method,
+        search_space=space,
+        search_space_ref=reference,
+        enqueue=tuple(enqueue),
+        objectives=_objectives(data.get("objectives"), problems),
+        sampler=s.get("sampler", "nsga2", _choice(SAMPLERS)),
+        trials=trials,
+        max_concurrent=s.get("max_concurrent", 2, _integer(1)),
+        epochs=s.get("epochs", 3, _integer(1)),
+        training=_training(data.get("training"), problems),
+        resources_per_trial=_resources(data.get("resources_per_trial"), problems),
+        scheduler=_scheduler(data.get("scheduler"), problems),
+        tracking_uri=s.get("tracking_uri", "sqlite:///mlflow.db", _string),
+        storage_path=s.get("storage_path", "apc_results", _string),
+        ray_address=s.get("ray_address", None, _optional(_string)),
+    )
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a YAML spec file; raises :class:`SpecError` listing every problem."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError([f"spec: no such file: {str(file)!r}"])
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        detail = " ".join(str(error).split())
+        raise SpecError([f"spec: {file} is not valid YAML: {detail}"]) from None
+    return parse_spec(data, base_dir=file.parent)
