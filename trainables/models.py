@@ -40,8 +40,8 @@ __all__ = [
 
 Family = Literal["vgg", "resnet"]
 
-#: Width divisors a student may use (the paper's VGG16/2, /4 and /8); 1 is the full width.
-WIDTH_DIVISORS: tuple[int, ...] = (1, 2, 4, 8)
+#: Width divisors: the paper's VGG16/2, /4, /8, and narrower for laptop-sized teachers.
+WIDTH_DIVISORS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)

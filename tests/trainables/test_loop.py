@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainables.data import ShapesDataset
+from trainables.loop import CompressionHooks, DivergedError, LoopConfig, TrainState, train_student
+from trainables.matching import MatchingConfig
+from trainables.models import build_model
+
+
+def _loader() -> DataLoader[Any]:
+    return DataLoader(ShapesDataset("train", size=24, image_size=32), batch_size=8, shuffle=True)
+
+
+def _models() -> tuple[nn.Module, nn.Module]:
+    teacher = build_model("vgg11_bn", num_classes=10, image_size=32, width_divisor=8).eval()
+    student = build_model("vgg11_bn", num_classes=10, image_size=32, width_divisor=16)
+    return teacher, student
+
+
+def _no_eval(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
+    return {"map": 0.0}
+
+
+def _run(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    epochs: int,
+    matching: MatchingConfig,
+    resume: TrainState | None = None,
+    beta: float = 1.0,
+) -> list[tuple[int, dict[str, float], TrainState]]:
+    reports: list[tuple[int, dict[str, float], TrainState]] = []
+    train_student(
+        student,
+        teacher,
+        _loader(),
+        config=LoopConfig(epochs=epochs, lr=0.01, beta=beta),
+        matching=matching,
+        evaluate=_no_eval,
+        report=lambda e, m, s: reports.append((e, m, s)),
+        resume=resume,
+    )
+    return reports
+
+
+def test_reports_every_epoch_with_loss_size_and_eval_metrics() -> None:
+    teacher, student = _models()
+    reports = _run(student, teacher, 2, MatchingConfig(kind="sswa", drop_p=0.3))
+    assert [r[0] for r in reports] == [0, 1]
+    metrics = reports[-1][1]
+    assert metrics["map"] == 0.0
+    assert metrics["params"] == sum(p.numel() for p in student.parameters())
+    assert metrics["loss"] > 0
+    assert reports[-1][2].epoch == 2
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run() -> None:
+    teacher, student = _models()
+    start = copy.deepcopy(student.state_dict())
+    straight = _run(student, teacher, 2, MatchingConfig(kind="swa"))
+    student.load_state_dict(start)
+    first = _run(student, teacher, 2, MatchingConfig(kind="swa"))[:1]
+    fresh = _models()[1]
+    resumed = _run(fresh, teacher, 2, MatchingConfig(kind="swa"), resume=first[0][2])
+    assert [r[0] for r in resumed] == [1]
+    for key, value in straight[-1][2].model.items():
+        torch.testing.assert_close(resumed[-1][2].model[key], value)
+
+
+def test_without_teacher_trains_on_the_task_loss() -> None:
+    _, student = _models()
+    reports = _run(student, None, 1, MatchingConfig(kind="none"))
+    assert reports[0][1]["loss"] > 0
+    with pytest.raises(ValueError, match="matching: needs a teacher"):
+        _run(student, None, 1, MatchingConfig(kind="swa"))
+
+
+def test_after_step_hook_runs_each_step_and_divergence_is_reported() -> None:
+    teacher, student = _models()
+    calls: list[int] = []
+    train_student(
+        student,
+        teacher,
+        _loader(),
+        config=LoopConfig(epochs=1),
+        matching=MatchingConfig("none"),
+        evaluate=_no_eval,
+        report=lambda *a: None,
+        hooks=CompressionHooks(after_step=lambda m: calls.append(1)),
+    )
+    assert len(calls) == 3
+    with pytest.raises(DivergedError, match=r"loss is (nan|inf) at epoch 0"):
+        train_student(
+            student,
+            teacher,
+            _loader(),
+            config=LoopConfig(epochs=1, lr=1e30),
+            matching=MatchingConfig("none"),
+            evaluate=_no_eval,
+            report=lambda *a: None,
+            hooks=CompressionHooks(
+                after_step=lambda m: [p.data.mul_(1e30) for p in m.parameters()]
+            ),
+        )

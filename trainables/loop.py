@@ -1,0 +1,184 @@
+"""The training loop every compression trainable shares, with small hooks for what differs.
+
+One epoch: for each batch, the frozen teacher runs once without autograd (its logits for KD and
+its maps for matching), the student runs once, and the loss is
+
+    KD(student, teacher, labels) + beta * matching(student maps, teacher maps)
+
+then the method's ``after_step`` hook runs (e.g. unstructured pruning re-applies its masks).
+After each epoch the student is evaluated and ``report(epoch, metrics, state)`` is called with
+a state the caller can checkpoint and hand back as ``resume`` to continue from that epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from trainables.losses import distillation_loss, task_loss
+from trainables.matching import MatchingConfig, matching_loss, teacher_targets
+from trainables.models import forward_features, forward_head
+
+__all__ = ["CompressionHooks", "DivergedError", "LoopConfig", "TrainState", "train_student"]
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the trial cannot go on."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Optimisation settings of the fine-tuning phase (SGD with cosine decay, as is common)."""
+
+    epochs: int
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+    beta: float = 0.0
+    multi_label: bool = True
+    seed: int = 0
+
+
+@dataclass
+class CompressionHooks:
+    """What a compression method adds to the shared loop; every hook is optional.
+
+    Attributes:
+        after_step: called with the student after each optimiser step.
+        size_metrics: the student's size metrics (``params``, ``nonzero_params``, ...).
+    """
+
+    after_step: Callable[[nn.Module], None] | None = None
+    size_metrics: Callable[[nn.Module], dict[str, float]] = field(
+        default=lambda model: {"params": float(sum(p.numel() for p in model.parameters()))}
+    )
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: the next epoch to run, and the student and optimiser state."""
+
+    epoch: int
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
+        return cls(data["epoch"], data["model"], data["optimizer"], data["scheduler"])
+
+
+Evaluator = Callable[[nn.Module, nn.Module | None], dict[str, float]]
+Reporter = Callable[[int, dict[str, float], TrainState], None]
+
+
+def train_student(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    train_loader: DataLoader[Any],
+    *,
+    config: LoopConfig,
+    matching: MatchingConfig,
+    evaluate: Evaluator,
+    report: Reporter,
+    hooks: CompressionHooks | None = None,
+    resume: TrainState | None = None,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Fine-tune ``student`` against ``teacher`` for ``config.epochs`` epochs.
+
+    Args:
+        student: the compressed network (any torchvision VGG/ResNet from ``build_model``).
+        teacher: the uncompressed network, frozen and kept in eval mode here; None trains
+            ``student`` on the task loss alone (how the teacher itself is trained).
+        train_loader: batches of samples (``image`` [B, 3, H, W], ``labels`` [B, C]).
+        config: optimisation settings, beta and the KD weights.
+        matching: which attribution map is matched (kind ``none`` for plain compression).
+        evaluate: ``evaluate(student, teacher) -> metrics`` after each epoch.
+        report: called after each epoch with (epoch, metrics, state to checkpoint).
+        hooks: method-specific additions.
+        resume: a state from an earlier ``report`` to continue from.
+        device: where to train.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite.
+    """
+    hooks = hooks or CompressionHooks()
+    device = torch.device(device)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    elif matching.kind != "none":
+        raise ValueError(f"matching: needs a teacher, got kind {matching.kind!r} without one")
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    start = 0
+    if resume is not None:
+        student.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        start = resume.epoch
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    for epoch in range(start, config.epochs):
+        torch.manual_seed(config.seed * 1000 + epoch)  # same shuffles after a resume
+        student.train()
+        total, batches = 0.0, 0
+        for batch in train_loader:
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            features = forward_features(student, images)
+            logits = forward_head(student, features)
+            if teacher is None:
+                loss = task_loss(logits, labels, multi_label=config.multi_label)
+            else:
+                targets = teacher_targets(teacher, images, labels, matching, generator=generator)
+                loss = distillation_loss(
+                    logits, targets.logits, labels, temperature=config.kd_temperature,
+                    alpha=config.kd_alpha, multi_label=config.multi_label,
+                )  # fmt: skip
+                if matching.kind != "none" and config.beta > 0:
+                    match = matching_loss(student, features, logits, targets, matching,
+                                          generator=generator)  # fmt: skip
+                    loss = loss + config.beta * match
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DivergedError(f"loss is {value} at epoch {epoch}, batch {batches}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if hooks.after_step is not None:
+                hooks.after_step(student)
+            total += value
+            batches += 1
+        scheduler.step()
+        metrics = {"loss": total / max(batches, 1)}
+        metrics.update(evaluate(student, teacher))
+        metrics.update(hooks.size_metrics(student))
+        state = TrainState(
+            epoch + 1,
+            {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+            # Copies: the optimiser keeps updating its momentum buffers in place.
+            copy.deepcopy(optimizer.state_dict()),
+            copy.deepcopy(scheduler.state_dict()),
+        )
+        report(epoch, metrics, state)
