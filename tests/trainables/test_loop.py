@@ -97,16 +97,14 @@ def test_after_step_hook_runs_each_step_and_divergence_is_reported() -> None:
         hooks=CompressionHooks(after_step=lambda m: calls.append(1)),
     )
     assert len(calls) == 3
+
+    def explode(model: nn.Module) -> None:
+        for parameter in model.parameters():
+            parameter.data.mul_(1e30)
+
     with pytest.raises(DivergedError, match=r"loss is (nan|inf) at epoch 0"):
         train_student(
-            student,
-            teacher,
-            _loader(),
-            config=LoopConfig(epochs=1, lr=1e30),
-            matching=MatchingConfig("none"),
-            evaluate=_no_eval,
-            report=lambda *a: None,
-            hooks=CompressionHooks(
-                after_step=lambda m: [p.data.mul_(1e30) for p in m.parameters()]
-            ),
-        )
+            student, teacher, _loader(), config=LoopConfig(epochs=1),
+            matching=MatchingConfig("none"), evaluate=_no_eval, report=lambda *a: None,
+            hooks=CompressionHooks(after_step=explode),
+        )  # fmt: skip
