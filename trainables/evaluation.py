@@ -1,0 +1,419 @@
+"""Evaluate a (compressed) network: task metrics, and its Grad-CAM maps against masks and teacher.
+
+One pass over an evaluation loader gives the canonical metrics of design.md ("MLflow layout")
+and one row per image for the per-sample export (Parquet, PIEs):
+
+Task metrics, over every image of the loader
+    ``loss`` (mean task loss), multi-label: ``map``, ``map_samples``, ``f1`` (all in %);
+    single-label: ``top1`` (in %).
+Attribution metrics, over (image, class) *pairs* (the paper's protocol)
+    A pair is a ground-truth positive class that the evaluated model predicts: sigmoid
+    probability ``>= threshold`` (multi-label) or arg-max equal to the target (single-label).
+    Its map is Grad-CAM at the matched layer (:func:`trainables.models.matched_layer`),
+    upsampled bilinearly to the image.
+
+    * ``attr_auc``: mean ROC-AUC (in %) of the maps against the pair's ground-truth mask,
+      pairs whose mask has no positive or no negative pixel skipped; ``point_acc``: pointing-
+      game hit rate (in %) over the pairs whose mask is non-empty. Only when batches carry
+      ``"masks"``.
+    * ``attr_cos`` (cosine similarity, raw, in [0, 1] for ReLU'd maps) and ``attr_l2`` (L2
+      distance of the L2-normalised maps, raw, in [0, sqrt(2)]): the teacher's Grad-CAM map of the
+      same class against the student's, over all pairs (masks not needed). Only with a teacher.
+
+    An applicable metric whose pairs are all missing (e.g. a model that predicts nothing) is
+    NaN, so that every epoch reports the same keys.
+
+Cost: per batch one forward pass of each network without autograd; Grad-CAM's channel weights
+for all pairs of a batch come from one backward pass through the head only
+(:func:`trainables.matching.sensitivity_weights`; none at all for ResNet's linear head).
+Scores are accumulated on the CPU batch by batch, so memory does not grow with the pairs' maps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from trainables.attribution import swa_map, upsample_maps
+from trainables.losses import task_loss
+from trainables.matching import MatchingConfig, select_classes, sensitivity_weights
+from trainables.metrics import (
+    f1_samples,
+    map_cosine,
+    map_l2,
+    mean_average_precision,
+    pointing_game,
+    roc_auc,
+    sample_average_precision,
+    top1_accuracy,
+)
+from trainables.models import forward_features, forward_head
+
+__all__ = ["PER_SAMPLE_COLUMNS", "Evaluation", "evaluate"]
+
+#: Per-sample columns of :attr:`Evaluation.per_sample` and what they hold (one row per image).
+PER_SAMPLE_COLUMNS: dict[str, str] = {
+    "index": "int64: the sample's index in its data set (its position in the loader if absent)",
+    "loss": "float64: the image's task loss",
+    "correct": "bool: every label predicted right (single-label: arg-max equals the target)",
+    "num_pairs": "int64: ground-truth positive classes the model predicts (the image's pairs)",
+    "attr_auc": "float64: mean ROC-AUC of the image's pairs in %, NaN without a scorable mask",
+    "point_acc": "float64: pointing hits of the image's pairs in %, NaN without a mask",
+    "teacher_agree": "bool: the predicted class set equals the teacher's (with a teacher)",
+    "attr_cos": "float64: mean teacher/student map cosine of the image's pairs, NaN if none",
+    "attr_l2": "float64: mean teacher/student map L2 distance of its pairs, NaN if none",
+}
+
+_PAIRS = MatchingConfig(kind="swa", classes="positives")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` measured.
+
+    Attributes:
+        metrics: canonical metric name (:data:`trainables.metric_names.METRICS`) -> value.
+        per_sample: column name (:data:`PER_SAMPLE_COLUMNS`) -> numpy array [N], one entry
+            per evaluated image in loader order; the attribution and teacher columns are present
+            exactly when the matching metrics are.
+    """
+
+    metrics: dict[str, float]
+    per_sample: dict[str, npt.NDArray[Any]]
+
+
+@dataclass
+class _PairScores:
+    """Per-pair scores of one batch, on the CPU: pair -> image row in the batch, and scores."""
+
+    rows: Tensor  # int64 [P]
+    auc: Tensor | None = None  # float64 [P], NaN where the mask is degenerate
+    hit: Tensor | None = None  # float64 [P] 0/1, NaN where the mask is empty
+    cos: Tensor | None = None  # float64 [P]
+    l2: Tensor | None = None  # float64 [P]
+
+
+class _Accumulator:
+    """Per-batch results gathered on the CPU, concatenated once at the end."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Tensor]] = {}
+        self.logits: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        self.pairs: dict[str, list[Tensor]] = {}
+
+    def add(self, name: str, values: Tensor) -> None:
+        self.columns.setdefault(name, []).append(values.detach().cpu())
+
+    def add_pairs(self, name: str, values: Tensor) -> None:
+        self.pairs.setdefault(name, []).append(values)
+
+    def column(self, name: str) -> Tensor:
+        return torch.cat(self.columns[name])
+
+    def pair_values(self, name: str) -> Tensor:
+        return torch.cat(self.pairs.get(name, [torch.empty(0, dtype=torch.float64)]))
+
+
+def _predicted(logits: Tensor, *, multi_label: bool, threshold: float) -> Tensor:
+    """Predicted class set [B, C] bool: sigmoid >= threshold, or the one-hot arg-max."""
+    if multi_label:
+        return torch.sigmoid(logits) >= threshold
+    return nn.functional.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()
+
+
+def _per_sample_loss(logits: Tensor, labels: Tensor, *, multi_label: bool) -> Tensor:
+    """:func:`task_loss` of each image on its own: [B, C] x [B, C] -> [B]."""
+
+    def one(row_logits: Tensor, row_labels: Tensor) -> Tensor:
+        return task_loss(row_logits[None], row_labels[None], multi_label=multi_label)
+
+    losses: Tensor = torch.func.vmap(one)(logits, labels)
+    return losses
+
+
+def _pair_maps(model: nn.Module, features: Tensor, classes: Tensor, valid: Tensor) -> Tensor:
+    """Grad-CAM maps of the valid pairs at the matched layer: [P, h, w], in ``valid``'s order.
+
+    Args:
+        model: the network whose head maps ``features`` [B, C, h, w] to logits.
+        features: [B, C, h, w] at the matched layer, without autograd.
+        classes: [B, K] int64 class of each (padded) pair.
+        valid: [B, K] bool, False for padding.
+    """
+    weights = sensitivity_weights(model, features, classes, create_graph=False)  # [B, K, C]
+    maps: Tensor = swa_map(features, weights.detach())  # [B, K, h, w]
+    return maps[valid]
+
+
+def _mean_by_row(values: Tensor, rows: Tensor, batch: int) -> Tensor:
+    """Per-image mean of the non-NaN ``values`` [P] (image ``rows`` [P]): float64 [batch]."""
+    defined = ~torch.isnan(values)
+    sums = torch.zeros(batch, dtype=torch.float64).index_add_(
+        0, rows[defined], values[defined].to(torch.float64)
+    )
+    counts = torch.bincount(rows[defined], minlength=batch).to(torch.float64)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
+
+
+def _score_pairs(
+    model: nn.Module,
+    features: Tensor,
+    pairs: Tensor,
+    *,
+    image_size: tuple[int, int],
+    masks: Tensor | None,
+    teacher: nn.Module | None,
+    teacher_features: Tensor | None,
+) -> _PairScores:
+    """Grad-CAM of every pair of one batch against its mask and the teacher's map.
+
+    Args:
+        model: the evaluated network.
+        features: [B, C, h, w] its matched-layer features.
+        pairs: [B, num_classes] bool, the batch's (image, class) pairs (at least one).
+        image_size: (H, W) of the images.
+        masks: [B, num_classes, H, W] bool ground-truth masks, or None.
+        teacher: the teacher, or None.
+        teacher_features: [B, C_t, h_t, w_t] the teacher's matched-layer features, or None.
+    """
+    # Each image's pair classes padded to K (in class order), with a validity mask.
+    as_scores = pairs.to(features.dtype)
+    classes, valid = select_classes(as_scores, as_scores, _PAIRS)  # [B, K] x 2
+    rows, slots = valid.nonzero(as_tuple=True)
+    scores = _PairScores(rows=rows.cpu())
+    student_maps = _pair_maps(model, features, classes, valid)  # [P, h, w]
+    student_up = upsample_maps(student_maps, image_size)  # [P, H, W]
+    if masks is not None:
+        pair_masks = masks[rows, classes[rows, slots]]  # [P, H, W]
+        if pair_masks.shape[-2:] != student_up.shape[-2:]:
+            mask_size = (pair_masks.shape[-2], pair_masks.shape[-1])
+            student_at_masks = upsample_maps(student_maps, mask_size)
+        else:
+            student_at_masks = student_up
+        scores.auc = roc_auc(student_at_masks, pair_masks).cpu()
+        hit = pointing_game(student_at_masks, pair_masks).to(torch.float64)
+        empty = ~pair_masks.flatten(1).any(dim=1)
+        scores.hit = hit.masked_fill(empty, math.nan).cpu()
+    if teacher is not None and teacher_features is not None:
+        teacher_maps = _pair_maps(teacher, teacher_features, classes, valid)
+        teacher_up = upsample_maps(teacher_maps, image_size)
+        scores.cos = map_cosine(teacher_up, student_up).cpu()
+        scores.l2 = map_l2(teacher_up, student_up).cpu()
+    return scores
+
+
+def _record_pairs(
+    acc: _Accumulator, scores: _PairScores | None, batch: int, *, masks: bool, teacher: bool
+) -> None:
+    """Per-pair scores into the running lists, and their per-image means into the columns."""
+    rows = scores.rows if scores is not None else torch.empty(0, dtype=torch.int64)
+    names: list[str] = []
+    if masks:
+        names += ["auc", "hit"]
+    if teacher:
+        names += ["cos", "l2"]
+    for name in names:
+        values = getattr(scores, name) if scores is not None else None
+        if values is None:
+            values = torch.empty(0, dtype=torch.float64)
+        acc.add_pairs(name, values)
+        acc.add(f"pair_{name}", _mean_by_row(values, rows, batch))
+
+
+def _nanmean(values: Tensor, scale: float = 1.0) -> float:
+    """Mean of the non-NaN entries times ``scale``; NaN when there are none."""
+    defined = values[~torch.isnan(values)]
+    if defined.numel() == 0:
+        return math.nan
+    return float(defined.to(torch.float64).mean()) * scale
+
+
+def _snapshot_modes(*models: nn.Module | None) -> list[tuple[nn.Module, bool]]:
+    """Every submodule's train/eval flag, so mixed modes (e.g. frozen BN) come back exactly."""
+    return [(m, m.training) for model in models if model is not None for m in model.modules()]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    teacher: nn.Module | None = None,
+    multi_label: bool = True,
+    device: torch.device | str = "cpu",
+    threshold: float = 0.5,
+    max_batches: int | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` (and its Grad-CAM maps) on every batch of ``loader``.
+
+    Both networks run in eval mode here; every submodule's previous train/eval flag is restored
+    afterwards. Nothing builds an autograd graph except Grad-CAM's head-only gradient.
+
+    Args:
+        model: a torchvision VGG or ResNet from :func:`trainables.models.build_model` (or a
+            compressed copy), already on ``device``.
+        loader: batches as the default collate builds them from :class:`trainables.data.Sample`
+            dicts: ``image`` [B, 3, H, W], ``labels`` [B, C] multi-hot (single-label: one-hot),
+            optionally ``masks`` [B, C, H, W] bool and ``index`` [B].
+        teacher: the uncompressed network on ``device``; enables ``attr_cos``/``attr_l2`` and
+            the ``teacher_agree`` column.
+        multi_label: sigmoid/BCE predictions (True) or softmax/arg-max (False).
+        device: where the batches are moved to (the networks are not moved).
+        threshold: probability at which a multi-label class counts as predicted (F1, pairs,
+            ``correct``, ``teacher_agree``); single-label predictions are the arg-max.
+        max_batches: evaluate only the first this many batches.
+
+    Returns:
+        :class:`Evaluation` with the metrics described in the module docstring and one row per
+        image in ``per_sample``.
+
+    Raises:
+        ValueError: ``threshold`` outside (0, 1), ``max_batches`` < 1, or an empty loader.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold: must be in (0, 1), got {threshold}")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches: must be a positive integer or None, got {max_batches}")
+    device = torch.device(device)
+    modes = _snapshot_modes(model, teacher)
+    model.eval()
+    if teacher is not None:
+        teacher.eval()
+    try:
+        acc, has_masks = _run(
+            model,
+            loader,
+            teacher=teacher,
+            multi_label=multi_label,
+            device=device,
+            threshold=threshold,
+            max_batches=max_batches,
+        )
+    finally:
+        for module, training in modes:
+            module.training = training
+    return _summarise(
+        acc,
+        has_masks=has_masks,
+        teacher=teacher is not None,
+        multi_label=multi_label,
+        threshold=threshold,
+    )
+
+
+def _run(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    teacher: nn.Module | None,
+    multi_label: bool,
+    device: torch.device,
+    threshold: float,
+    max_batches: int | None,
+) -> tuple[_Accumulator, bool]:
+    """The batch loop: accumulate logits, labels, per-image columns and per-pair scores."""
+    acc = _Accumulator()
+    seen = 0
+    has_masks: bool | None = None
+    # islice: a DataLoader is not asked for (and does not load) a batch beyond max_batches.
+    for number, batch in enumerate(itertools.islice(loader, max_batches)):
+        images: Tensor = batch["image"].to(device)
+        labels: Tensor = batch["labels"].to(device).float()
+        masks: Tensor | None = batch.get("masks")
+        if has_masks is None:
+            has_masks = masks is not None
+        elif has_masks != (masks is not None):
+            raise ValueError(
+                f"loader: batch {number} {'lacks' if has_masks else 'has'} 'masks', unlike the "
+                "batches before it; every batch must carry masks or none"
+            )
+        if masks is not None:
+            masks = masks.to(device).bool()
+        size = images.shape[0]
+        index = batch.get("index")
+        indices = (
+            torch.as_tensor(index, dtype=torch.int64)
+            if index is not None
+            else torch.arange(seen, seen + size, dtype=torch.int64)
+        )
+        seen += size
+
+        features = forward_features(model, images)
+        logits = forward_head(model, features)
+        positive = labels > 0.5
+        predicted = _predicted(logits, multi_label=multi_label, threshold=threshold)
+        acc.logits.append(logits.cpu())
+        acc.labels.append(labels.cpu())
+        acc.add("index", indices)
+        acc.add("loss", _per_sample_loss(logits, labels.to(logits.dtype), multi_label=multi_label))
+        acc.add("correct", (predicted == positive).all(dim=1))
+
+        teacher_features = None
+        if teacher is not None:
+            teacher_features = forward_features(teacher, images)
+            teacher_logits = forward_head(teacher, teacher_features)
+            teacher_predicted = _predicted(
+                teacher_logits, multi_label=multi_label, threshold=threshold
+            )
+            acc.add("teacher_agree", (predicted == teacher_predicted).all(dim=1))
+
+        pairs = positive & predicted
+        acc.add("num_pairs", pairs.sum(dim=1, dtype=torch.int64))
+        scores = None
+        if (masks is not None or teacher is not None) and bool(pairs.any()):
+            scores = _score_pairs(
+                model,
+                features,
+                pairs,
+                image_size=(images.shape[-2], images.shape[-1]),
+                masks=masks,
+                teacher=teacher,
+                teacher_features=teacher_features,
+            )
+        _record_pairs(acc, scores, size, masks=masks is not None, teacher=teacher is not None)
+    if has_masks is None:
+        raise ValueError("loader: yielded no batch to evaluate")
+    return acc, has_masks
+
+
+def _summarise(
+    acc: _Accumulator, *, has_masks: bool, teacher: bool, multi_label: bool, threshold: float
+) -> Evaluation:
+    """Whole-loader metrics and per-sample columns from the accumulated batches."""
+    logits = torch.cat(acc.logits)
+    labels = torch.cat(acc.labels)
+    losses = acc.column("loss")
+    metrics: dict[str, float] = {"loss": float(losses.to(torch.float64).mean())}
+    if multi_label:
+        metrics["map"] = mean_average_precision(logits, labels > 0.5)
+        metrics["map_samples"] = sample_average_precision(logits, labels > 0.5)
+        metrics["f1"] = f1_samples(torch.sigmoid(logits), labels > 0.5, threshold=threshold)
+    else:
+        metrics["top1"] = top1_accuracy(logits, labels.argmax(dim=1))
+    per_sample: dict[str, npt.NDArray[Any]] = {
+        "index": acc.column("index").numpy(),
+        "loss": losses.to(torch.float64).numpy(),
+        "correct": acc.column("correct").numpy(),
+        "num_pairs": acc.column("num_pairs").numpy(),
+    }
+    if has_masks:
+        metrics["attr_auc"] = _nanmean(acc.pair_values("auc"), 100.0)
+        metrics["point_acc"] = _nanmean(acc.pair_values("hit"), 100.0)
+        per_sample["attr_auc"] = (acc.column("pair_auc") * 100.0).numpy()
+        per_sample["point_acc"] = (acc.column("pair_hit") * 100.0).numpy()
+    if teacher:
+        metrics["attr_cos"] = _nanmean(acc.pair_values("cos"))
+        metrics["attr_l2"] = _nanmean(acc.pair_values("l2"))
+        per_sample["teacher_agree"] = acc.column("teacher_agree").numpy()
+        per_sample["attr_cos"] = acc.column("pair_cos").numpy()
+        per_sample["attr_l2"] = acc.column("pair_l2").numpy()
+    return Evaluation(metrics=metrics, per_sample={k: np.asarray(v) for k, v in per_sample.items()})
