@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-all lint bench clean
+.PHONY: venv demo test test-slow test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/apc run
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -30,8 +30,10 @@ __all__ = [
     "SpecError",
     "TeacherSpec",
     "TrainingSpec",
+    "apply_overrides",
     "load_spec",
     "parse_spec",
+    "read_spec_text",
 ]
 
 #: Compression methods a spec may name, with the trainable that runs each.
@@ -406,14 +408,59 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a YAML spec file; raises :class:`SpecError` listing every problem."""
+def apply_overrides(data: object, assignments: Sequence[str]) -> tuple[object, list[str]]:
+    """Apply ``key.sub=value`` assignments (values parsed as YAML) to a spec mapping."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        return data, problems
+    result: dict[str, Any] = _deep_copy(data)
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(
+                f"--set: must be key=value (e.g. dataset.image_size=64), got {assignment!r}"
+            )
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(f"--set {key}: {part!r} is not a mapping, got {child!r}")
+                break
+            node = child
+        else:
+            node[leaf] = value
+    return result, problems
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def read_spec_text(path: str | Path) -> tuple[str, object]:
+    """The text of a spec file and its parsed YAML; :class:`SpecError` if unreadable."""
     file = Path(path)
     if not file.is_file():
         raise SpecError([f"spec: no such file: {str(file)!r}"])
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         detail = " ".join(str(error).split())
         raise SpecError([f"spec: {file} is not valid YAML: {detail}"]) from None
-    return parse_spec(data, base_dir=file.parent)
+
+
+def load_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> Spec:
+    """Read and validate a YAML spec file; raises :class:`SpecError` listing every problem."""
+    _, data = read_spec_text(path)
+    data, problems = apply_overrides(data, overrides)
+    if problems:
+        raise SpecError(problems)
+    return parse_spec(data, base_dir=Path(path).parent)

@@ -171,9 +171,12 @@ def train_student(
             total += value
             batches += 1
         scheduler.step()
-        metrics = {"loss": total / max(batches, 1)}
-        metrics.update(evaluate(student, teacher))
-        metrics.update(hooks.size_metrics(student))
+        # "loss" is the training loss; an evaluator's own loss on held-out data is not kept.
+        metrics = {
+            **evaluate(student, teacher),
+            **hooks.size_metrics(student),
+            "loss": total / max(batches, 1),
+        }
         state = TrainState(
             epoch + 1,
             {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},

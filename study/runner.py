@@ -1,0 +1,123 @@
+"""Run a study: teacher stage, then Ray Tune with OptunaSearch, tracked in MLflow.
+
+spec -> teacher (trained or cached) -> Tuner(distillation trainable, OptunaSearch
+multi-objective over the spec's search space, enqueued settings first, optional ASHA)
+-> MLflow parent / teacher / trial runs -> Pareto table
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from study.spec import Spec
+from study.teacher import prepare_teacher, trial_setup
+from study.tracking import StudyTracker, tune_callback
+
+__all__ = ["StudyOutcome", "run_study"]
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    parent_run_id: str
+    trials: int
+    failed: int
+    seconds: float
+
+
+def _sampler(spec: Spec) -> Any:
+    import optuna
+
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.NSGAIISampler(
+        seed=spec.seed, population_size=max(4, spec.max_concurrent * 2)
+    )
+
+
+def _num_classes(spec: Spec) -> int:
+    from trainables.distillation import build_split
+
+    setup = trial_setup(spec, num_classes=1)
+    return build_split(
+        setup, setup.eval_split, 1 if spec.dataset.name == "shapes" else None
+    ).num_classes
+
+
+def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
+    """Run ``spec`` to completion; returns where its results are."""
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.distillation import distillation_trainable
+
+    started = time.monotonic()
+    storage = Path(spec.storage_path).expanduser().resolve()
+    tracker = StudyTracker(spec.tracking_uri, spec)
+    parent = tracker.start_study(spec_text)
+    failed = True
+    try:
+        num_classes = _num_classes(spec)
+        teacher = prepare_teacher(spec, num_classes=num_classes, cache_dir=storage / "teachers")
+        teacher_run = tracker.log_teacher(
+            teacher.metrics,
+            {"arch": spec.teacher.arch, "width": str(spec.teacher.width),
+             "weights": str(teacher.path), "cache_key": teacher.key},
+        )  # fmt: skip
+        setup = trial_setup(spec, num_classes=num_classes)
+        if not ray.is_initialized():
+            ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=True)
+        objectives = list(spec.objectives)
+        searcher = OptunaSearch(
+            space=spec.search_space.define_by_run,
+            metric=objectives,
+            mode=[spec.objectives[m] for m in objectives],
+            points_to_evaluate=[dict(p) for p in spec.enqueue] or None,
+            sampler=_sampler(spec),
+        )
+        scheduler = None
+        if spec.scheduler is not None:
+            scheduler = tune.schedulers.ASHAScheduler(
+                metric=spec.scheduler.metric, mode=spec.scheduler.mode, max_t=spec.epochs,
+                grace_period=spec.scheduler.grace_period,
+                reduction_factor=spec.scheduler.reduction_factor,
+            )  # fmt: skip
+        resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
+        trainable = tune.with_resources(
+            tune.with_parameters(distillation_trainable, setup=setup, teacher_state=teacher.state),
+            resources,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=spec.trials,
+                max_concurrent_trials=spec.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=str(storage),
+                callbacks=[tune_callback(tracker, method=spec.method, teacher_run_id=teacher_run)],
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+        grid = tuner.fit()
+        failed = False
+        return StudyOutcome(parent, len(grid), grid.num_errors, time.monotonic() - started)
+    finally:
+        tracker.end_study(failed=failed)
+        if os.environ.get("APC_KEEP_RAY") != "1" and "ray" in sys.modules:
+            import ray
+
+            if ray.is_initialized() and spec.ray_address is None:
+                ray.shutdown()

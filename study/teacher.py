@@ -1,0 +1,141 @@
+"""Teacher stage: train the uncompressed network once (or load it), cached by content hash.
+
+The cache key hashes everything that determines the teacher: data set and its options, the
+architecture and width, the epochs and optimiser settings, the seed and the code version. A
+second study with the same teacher settings loads the cached weights instead of retraining.
+Checkpoints are read with ``torch.load(weights_only=True)``: a state dict, never a pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from study.spec import Spec
+from trainables import __version__
+from trainables.distillation import TrialSetup, make_loaders
+from trainables.loop import LoopConfig, TrainState, train_student
+from trainables.matching import MatchingConfig
+from trainables.models import build_model
+
+__all__ = ["TeacherResult", "prepare_teacher", "teacher_key", "trial_setup"]
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    """The teacher's weights, its evaluation metrics, where they are cached, and its key."""
+
+    state: dict[str, Tensor]
+    metrics: dict[str, float]
+    path: Path
+    key: str
+    trained: bool
+
+
+def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> TrialSetup:
+    """The study-wide part of every trial's configuration, from the spec."""
+    options: dict[str, Any] = {"image_size": spec.dataset.image_size, **spec.dataset.options}
+    if spec.dataset.root is not None:
+        options["root"] = spec.dataset.root
+    eval_split = "seg_val" if spec.dataset.name == "voc2012" else "val"
+    return TrialSetup(
+        dataset=spec.dataset.name,
+        dataset_options=options,
+        num_classes=num_classes,
+        arch=spec.teacher.arch,
+        teacher_width=spec.teacher.width,
+        epochs=spec.epochs if epochs is None else epochs,
+        train_size=spec.dataset.train_size,
+        val_size=spec.dataset.val_size,
+        eval_split=eval_split,
+        batch_size=spec.training.batch_size,
+        lr=spec.training.lr,
+        momentum=spec.training.momentum,
+        weight_decay=spec.training.weight_decay,
+        kd_temperature=spec.training.kd_temperature,
+        kd_alpha=spec.training.kd_alpha,
+        seed=spec.seed,
+        num_workers=spec.training.num_workers,
+        threads=max(1, int(spec.resources_per_trial.cpu)),
+        multi_label=spec.dataset.name != "imagefolder",
+    )
+
+
+def teacher_key(spec: Spec) -> str:
+    """Content hash of everything that determines the trained teacher."""
+    payload = {
+        "dataset": asdict(spec.dataset),
+        "teacher": asdict(spec.teacher),
+        "training": asdict(spec.training),
+        "seed": spec.seed,
+        "version": __version__,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _progress(epochs: int, started: float) -> Any:
+    def report(epoch: int, metrics: dict[str, float], _state: TrainState) -> None:
+        shown = "  ".join(
+            f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "map", "top1", "attr_auc")
+        )
+        elapsed = time.monotonic() - started
+        print(f"teacher epoch {epoch + 1}/{epochs}  {shown}  ({elapsed:.0f}s)", file=sys.stderr)
+
+    return report
+
+
+def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> TeacherResult:
+    """Load the spec's teacher checkpoint, or the cached teacher, or train one (with progress)."""
+    from trainables.evaluation import evaluate
+
+    setup = trial_setup(spec, num_classes=num_classes, epochs=spec.teacher.epochs)
+    model = build_model(
+        spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
+        width_divisor=spec.teacher.width, pretrained=spec.teacher.pretrained,
+    )  # fmt: skip
+    train_loader, eval_loader = make_loaders(setup)
+
+    def evaluation(student: torch.nn.Module, _teacher: torch.nn.Module | None) -> dict[str, float]:
+        return dict(evaluate(student, eval_loader, multi_label=setup.multi_label).metrics)
+
+    if spec.teacher.checkpoint is not None:
+        path = Path(spec.teacher.checkpoint)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        return TeacherResult(model.state_dict(), evaluation(model, None), path, "", False)
+    key = teacher_key(spec)
+    path = cache_dir / f"teacher-{key}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        print(f"teacher: cached weights {path}", file=sys.stderr)
+        return TeacherResult(model.state_dict(), evaluation(model, None), path, key, False)
+    final: dict[str, float] = {}
+    progress = _progress(spec.teacher.epochs, time.monotonic())
+
+    def report(epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        final.clear()
+        final.update(metrics)
+        progress(epoch, metrics, state)
+
+    loop = LoopConfig(
+        epochs=spec.teacher.epochs, lr=spec.teacher.lr, momentum=spec.training.momentum,
+        weight_decay=spec.training.weight_decay, multi_label=setup.multi_label, seed=spec.seed,
+    )  # fmt: skip
+    train_student(
+        model, None, train_loader, config=loop, matching=MatchingConfig(kind="none"),
+        evaluate=evaluation, report=report,
+    )  # fmt: skip
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    partial = path.with_suffix(".tmp")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a killed run never leaves half a teacher in the cache
+    return TeacherResult(state, final, path, key, True)

@@ -1,0 +1,63 @@
+"""A real study end to end: local Ray, OptunaSearch, a SQLite MLflow store, then `apc pareto`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{root}/mlflow.db"
+    code = main([
+        "run", "--name", "tiny", "--trials", "2", "--tracking-uri", uri,
+        "--storage", str(root / "results"),
+        "--set", "epochs=2", "--set", "dataset.train_size=48", "--set", "dataset.val_size=16",
+        "--set", "dataset.image_size=32", "--set", "teacher.epochs=1",
+        "--set", "training.batch_size=16", "--set", "max_concurrent=2",
+        "--set", "enqueue=[{matching: none, student_width: 2}, {matching: sswa, beta: 1.0, drop_p: 0.3, student_width: 2}]",
+    ])  # fmt: skip
+    assert code == 0
+    return uri, root
+
+
+def test_mlflow_holds_parent_teacher_and_nested_trials(study: tuple[str, Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = study
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    roles = sorted(r.data.tags["apc.role"] for r in runs)
+    assert roles == ["study", "teacher", "trial", "trial"]
+    parent = next(r for r in runs if r.data.tags["apc.role"] == "study")
+    assert parent.data.params["name"] == "tiny"
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    teacher = next(r for r in runs if r.data.tags["apc.role"] == "teacher")
+    trials = [r for r in runs if r.data.tags["apc.role"] == "trial"]
+    for run in [teacher, *trials]:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+    by_matching = {r.data.params["matching"]: r for r in trials}
+    assert set(by_matching) == {"none", "sswa"}
+    assert "beta" not in by_matching["none"].data.params
+    sswa = by_matching["sswa"].data.params
+    assert (sswa["beta"], sswa["drop_p"], sswa["student_width"]) == ("1.0", "0.3", "2")
+    assert sswa["method"] == "distillation"
+    assert sswa["teacher_run_id"] == teacher.info.run_id
+    for run in trials:
+        assert {"loss", "map", "map_samples", "f1", "params"} <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "map")
+        assert sorted(m.step for m in history) == [0, 1]
+
+
+def test_teacher_weights_are_cached_by_content_hash(study: tuple[str, Path]) -> None:
+    _, root = study
+    assert len(list((root / "results" / "teachers").glob("teacher-*.pt"))) == 1
