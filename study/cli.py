@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from trainables._version import __version__
 
@@ -72,6 +73,155 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_SPEC = Path(__file__).with_name("presets") / "demo.yaml"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from study.spec import SpecError, apply_overrides, parse_spec, read_spec_text
+
+    path = Path(args.spec) if args.spec else DEMO_SPEC
+    overrides = list(args.set)
+    for flag, key in (
+        ("name", "name"), ("trials", "trials"), ("ray_address", "ray_address"),
+        ("tracking_uri", "tracking_uri"), ("storage", "storage_path"),
+    ):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        text, data = read_spec_text(path)
+        data, problems = apply_overrides(data, overrides)
+        if problems:
+            raise SpecError(problems)
+        spec = parse_spec(data, base_dir=path.parent)
+    except SpecError as error:
+        for problem in error.problems:
+            print(f"apc run: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    from study.runner import run_study
+    from study.tracking import study_exists
+
+    if study_exists(spec.tracking_uri, spec.name):
+        print(
+            f"apc run: name: study {spec.name!r} already exists in {spec.tracking_uri}; "
+            "choose another --name",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    outcome = run_study(spec, spec_text=text)
+    print(
+        f"\nstudy {spec.name!r}: {outcome.trials} trials ({outcome.failed} failed) in "
+        f"{outcome.seconds / 60:.1f} min; MLflow parent run {outcome.parent_run_id}\n"
+    )
+    objectives = ",".join(f"{m}:{d}" for m, d in spec.objectives.items())
+    main([
+        "pareto", spec.name, "--tracking-uri", spec.tracking_uri, "--objectives", objectives,
+        "--filter", f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+    ])  # fmt: skip
+    print(f"\nbrowse it: apc ui --tracking-uri {spec.tracking_uri}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    command = [
+        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
+        "--host", args.host, "--port", str(args.port),
+    ]  # fmt: skip
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.pareto import ObjectivesError, parse_objectives
+    from search_spaces.space import nearest_name
+    from trainables.metric_names import METRICS
+
+    def usage(problems: list[str]) -> int:
+        for problem in problems:
+            print(f"apc pareto: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    problems: list[str] = []
+    try:
+        objectives = parse_objectives(args.objectives, {m: d for m, (d, _) in METRICS.items()})
+    except ObjectivesError as error:
+        objectives = error.parsed
+        for problem in error.problems:  # "objectives.map: ..." -> "--objectives: map: ..."
+            problems.append("--objectives: " + problem.removeprefix("objectives").lstrip(".: "))
+    for name in objectives:
+        if name not in METRICS:
+            close = nearest_name(name, list(METRICS))
+            hint = f"did you mean {close!r}?" if close else f"valid: {', '.join(METRICS)}"
+            problems.append(f"--objectives: unknown metric {name!r} ({hint})")
+    out = Path(args.out) if args.out else None
+    if args.format == "parquet" and out is None:
+        problems.append("--format parquet: needs --out PATH (Parquet is not written to stdout)")
+    if out is not None and out.is_dir():
+        problems.append(f"--out: {out} is a directory")
+    elif out is not None and not out.parent.is_dir():
+        problems.append(f"--out: directory {out.parent} does not exist")
+    if problems:
+        return usage(problems)
+
+    from mlflow.exceptions import MlflowException
+
+    from analysis.export import ranked_front, render
+    from analysis.runs import (
+        BadFilterError,
+        RunsQueryError,
+        load_trials,
+        metric_columns,
+    )
+
+    try:
+        trials = load_trials(args.tracking_uri, args.name, filter_string=args.filter)
+    except BadFilterError as error:
+        return usage([f"--filter {args.filter!r}: {error.reason}"])
+    except RunsQueryError as error:
+        return usage([str(error)])
+    except MlflowException as error:
+        print(f"apc pareto: MLflow: {error.message}", file=sys.stderr)
+        return 1
+    which = f"of study {args.name!r}" + (f" matching {args.filter!r}" if args.filter else "")
+    if trials.num_rows == 0:
+        print(f"apc pareto: no trial runs {which}", file=sys.stderr)
+    else:
+        logged = metric_columns(trials)
+        unlogged = [
+            f"--objectives: metric {name!r} was logged by no trial {which} "
+            f"(logged: {', '.join(logged) or 'none'})"
+            for name in objectives
+            if name not in logged
+        ]
+        if unlogged:
+            return usage(unlogged)
+    front = ranked_front(trials, objectives)
+    data = render(front, args.format, objectives)
+    summary = (
+        f"{front.num_rows} of {trials.num_rows} trials {which} on the Pareto front of "
+        + ", ".join(f"{name}:{direction}" for name, direction in objectives.items())
+    )
+    if out is not None:
+        try:
+            out.write_bytes(data)
+        except OSError as error:
+            print(f"apc pareto: --out: cannot write {out}: {error.strerror}", file=sys.stderr)
+            return 1
+        print(f"{summary}: wrote {out}")
+    else:
+        if args.format == "table":
+            print(summary)
+        sys.stdout.write(data.decode())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apc", description="Attribution-preserving network compression studies."
@@ -89,6 +239,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("spec", metavar="SPEC", help="path of the study's YAML spec")
     validate.set_defaults(handler=_validate)
+    pareto = commands.add_parser(
+        "pareto", help="print the Pareto-optimal trials of a study recorded in MLflow"
+    )
+    pareto.add_argument("name", metavar="NAME", help="the study's name (its MLflow experiment)")
+    pareto.add_argument(
+        "--objectives",
+        default="map:max,attr_auc:max,params:min",
+        help="comma-separated METRIC:min|max (a bare METRIC takes its usual direction); "
+        "default: %(default)s",
+    )
+    pareto.add_argument(
+        "--filter",
+        metavar="EXPR",
+        help="MLflow search expression the trials must match, e.g. \"params.matching = 'swa'\" "
+        "or 'metrics.map > 50 AND attributes.status = \"FINISHED\"' (no OR, no parentheses)",
+    )
+    pareto.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    pareto.add_argument("--out", metavar="PATH", help="write to PATH instead of stdout")
+    pareto.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
+    pareto.set_defaults(handler=_pareto)
+    run = commands.add_parser("run", help="run a study (the embedded demo when SPEC is omitted)")
+    run.add_argument("spec", metavar="SPEC", nargs="?", help="study spec (default: the demo)")
+    run.add_argument("--name", help="study name (overrides the spec's)")
+    run.add_argument("--trials", type=int, help="number of trials")
+    run.add_argument("--ray-address", help="address of a running Ray cluster")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI")
+    run.add_argument("--storage", help="Ray Tune storage path")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set dataset.image_size=64 (repeatable)",
+    )  # fmt: skip
+    run.set_defaults(handler=_run)
+    ui = commands.add_parser("ui", help="the MLflow UI over the study store (127.0.0.1)")
+    ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from study.spec import Spec
 from trainables.metric_names import METRICS
 
-__all__ = ["ROLE_TAG", "StudyTracker", "trial_params"]
+__all__ = ["ROLE_TAG", "StudyTracker", "study_exists", "trial_params"]
 
 ROLE_TAG = "apc.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -41,6 +41,25 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
             _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
     else:
         out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+
+def study_exists(tracking_uri: str, name: str) -> bool:
+    """Whether ``name`` already has a study run in the store (a missing SQLite file: no)."""
+    if tracking_uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        if not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+            return False  # and asking would create the store before anything ran
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return False
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+    )
+    return len(runs) > 0
 
 
 class StudyTracker:

@@ -61,3 +61,12 @@ def test_mlflow_holds_parent_teacher_and_nested_trials(study: tuple[str, Path]) 
 def test_teacher_weights_are_cached_by_content_hash(study: tuple[str, Path]) -> None:
     _, root = study
     assert len(list((root / "results" / "teachers").glob("teacher-*.pt"))) == 1
+
+
+def test_run_printed_the_pareto_front_and_refuses_an_existing_name(
+    study: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, root = study
+    assert main(["run", "--name", "tiny", "--tracking-uri", uri, "--storage", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"apc run: name: study 'tiny' already exists in {uri}; choose another --name" in err
