@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from search_spaces import SearchSpace, load_search_space, nearest_name
+from trainables.loop import Optimization
 from trainables.metric_names import METRICS
 
 __all__ = [
@@ -78,19 +79,17 @@ class TeacherSpec:
     width: int = 4
     checkpoint: str | None = None
     epochs: int = 8
-    lr: float = 0.05
+    lr: float = Optimization.lr
     pretrained: bool = False
 
 
 @dataclass(frozen=True)
 class TrainingSpec:
+    """``training:``: batch size, loader workers and the optimiser/KD settings (flat in YAML)."""
+
     batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
     num_workers: int = 0
+    optimization: Optimization = field(default_factory=Optimization)
 
 
 @dataclass(frozen=True)
@@ -295,18 +294,21 @@ def _teacher(data: object, problems: list[str], base_dir: Path) -> TeacherSpec:
 
 
 def _training(data: object, problems: list[str]) -> TrainingSpec:
-    keys = tuple(TrainingSpec.__dataclass_fields__)
+    keys = ("batch_size", "num_workers", *Optimization.__dataclass_fields__)
     s = _Section(data, "training", problems, keys)
     d = TrainingSpec()
+    o = d.optimization
     positive = _number(0, math.inf, low_open=True)
     return TrainingSpec(
         batch_size=s.get("batch_size", d.batch_size, _integer(1)),
-        lr=s.get("lr", d.lr, positive),
-        momentum=s.get("momentum", d.momentum, _number(0, 1, high_open=True)),
-        weight_decay=s.get("weight_decay", d.weight_decay, _number(0, math.inf)),
-        kd_temperature=s.get("kd_temperature", d.kd_temperature, positive),
-        kd_alpha=s.get("kd_alpha", d.kd_alpha, _number(0, 1)),
         num_workers=s.get("num_workers", d.num_workers, _integer(0)),
+        optimization=Optimization(
+            lr=s.get("lr", o.lr, positive),
+            momentum=s.get("momentum", o.momentum, _number(0, 1, high_open=True)),
+            weight_decay=s.get("weight_decay", o.weight_decay, _number(0, math.inf)),
+            kd_temperature=s.get("kd_temperature", o.kd_temperature, positive),
+            kd_alpha=s.get("kd_alpha", o.kd_alpha, _number(0, 1)),
+        ),
     )
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,7 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
         val_size=spec.dataset.val_size,
         eval_split=eval_split,
         batch_size=spec.training.batch_size,
-        lr=spec.training.lr,
-        momentum=spec.training.momentum,
-        weight_decay=spec.training.weight_decay,
-        kd_temperature=spec.training.kd_temperature,
-        kd_alpha=spec.training.kd_alpha,
+        optimization=spec.training.optimization,
         seed=spec.seed,
         num_workers=spec.training.num_workers,
         threads=max(1, int(spec.resources_per_trial.cpu)),
@@ -126,9 +122,11 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
         progress(epoch, metrics, state)
 
     loop = LoopConfig(
-        epochs=spec.teacher.epochs, lr=spec.teacher.lr, momentum=spec.training.momentum,
-        weight_decay=spec.training.weight_decay, multi_label=setup.multi_label, seed=spec.seed,
-    )  # fmt: skip
+        epochs=spec.teacher.epochs,
+        optimization=replace(spec.training.optimization, lr=spec.teacher.lr),
+        multi_label=setup.multi_label,
+        seed=spec.seed,
+    )
     train_student(
         model, None, train_loader, config=loop, matching=MatchingConfig(kind="none"),
         evaluate=evaluation, report=report,

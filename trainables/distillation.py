@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader
 
 from trainables.data import build_dataset
 from trainables.data.sample import ImageDataset
-from trainables.loop import CompressionHooks, LoopConfig, Reporter, TrainState, train_student
+from trainables.loop import (
+    CompressionHooks,
+    LoopConfig,
+    Optimization,
+    Reporter,
+    TrainState,
+    train_student,
+)
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
 
@@ -49,7 +56,8 @@ class TrialSetup:
         eval_split: the split evaluated after each epoch (one with masks when there is one).
         arch, teacher_width: the teacher's architecture and width divisor.
         num_classes: output size.
-        epochs, batch_size, lr, momentum, weight_decay, kd_temperature, kd_alpha: training.
+        epochs, batch_size: training length and batch size.
+        optimization: optimiser and KD settings.
         seed: base seed of the study.
         num_workers: DataLoader workers.
         threads: torch threads per trial (from the trial's CPU resources).
@@ -65,11 +73,7 @@ class TrialSetup:
     val_size: int | None = None
     eval_split: str = "val"
     batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
+    optimization: Optimization = field(default_factory=Optimization)
     seed: int = 0
     num_workers: int = 0
     threads: int = 1
@@ -143,9 +147,8 @@ def run_distillation(
     )  # fmt: skip
     train_loader, eval_loader = make_loaders(setup)
     loop = LoopConfig(
-        epochs=setup.epochs, lr=setup.lr, momentum=setup.momentum,
-        weight_decay=setup.weight_decay, kd_temperature=setup.kd_temperature,
-        kd_alpha=setup.kd_alpha, beta=float(config.get("beta", 0.0)),
+        epochs=setup.epochs, optimization=setup.optimization,
+        beta=float(config.get("beta", 0.0)),
         multi_label=setup.multi_label, seed=setup.seed,
     )  # fmt: skip
     train_student(

@@ -9,7 +9,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainables.data import ShapesDataset
-from trainables.loop import CompressionHooks, DivergedError, LoopConfig, TrainState, train_student
+from trainables.loop import (
+    CompressionHooks,
+    DivergedError,
+    LoopConfig,
+    Optimization,
+    TrainState,
+    train_student,
+)
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
 
@@ -41,7 +48,7 @@ def _run(
         student,
         teacher,
         _loader(),
-        config=LoopConfig(epochs=epochs, lr=0.01, beta=beta),
+        config=LoopConfig(epochs=epochs, optimization=Optimization(lr=0.01), beta=beta),
         matching=matching,
         evaluate=_no_eval,
         report=lambda e, m, s: reports.append((e, m, s)),
