@@ -100,7 +100,7 @@ def test_objects_are_at_least_fourteen_pixels_wide_at_64() -> None:
     ds = ShapesDataset("train", size=100, with_masks=True)
     for i in range(len(ds)):
         scene = ds.render(i)
-        assert 1 <= len(scene.objects) <= 3
+        assert len(scene.objects) in (1, 2, 3)
         for obj in scene.objects:
             assert 2 * obj.radius >= 0.22 * 64
             assert 2 * obj.radius <= 0.45 * 64
@@ -184,7 +184,7 @@ def test_larger_images_and_fewer_classes() -> None:
         sample = ds[i]
         assert sample["image"].shape == (3, 128, 128)
         assert sample["masks"].shape == (4, 128, 128)
-        assert 1 <= sample["labels"].sum().item() <= 2
+        assert sample["labels"].sum().item() in (1.0, 2.0)
 
 
 @pytest.mark.parametrize(
