@@ -303,6 +303,7 @@ def _training(data: object, problems: list[str]) -> TrainingSpec:
         batch_size=s.get("batch_size", d.batch_size, _integer(1)),
         num_workers=s.get("num_workers", d.num_workers, _integer(0)),
         optimization=Optimization(
+            optimizer=s.get("optimizer", o.optimizer, _choice(("sgd", "adamw"))),
             lr=s.get("lr", o.lr, positive),
             momentum=s.get("momentum", o.momentum, _number(0, 1, high_open=True)),
             weight_decay=s.get("weight_decay", o.weight_decay, _number(0, math.inf)),

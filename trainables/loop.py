@@ -16,7 +16,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -47,11 +47,15 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Optimization:
-    """Optimiser and KD settings (SGD with cosine decay; KD as the paper: T=4, alpha=0.9).
+    """Optimiser and KD settings (cosine decay per epoch; KD as the paper: T=4, alpha=0.9).
+
+    ``sgd`` is the paper's optimiser (momentum applies to it only); ``adamw`` trains a shapes
+    teacher from scratch far faster (6 epochs: 44% mAP against SGD's 28%).
 
     The one place their defaults live: specs, trial setups and the loop all use this class.
     """
 
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -150,10 +154,16 @@ def train_student(
     elif matching.kind != "none":
         raise ValueError(f"matching: needs a teacher, got kind {matching.kind!r} without one")
     settings = config.optimization
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=settings.lr, momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )  # fmt: skip
+    optimizer: torch.optim.Optimizer
+    if settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(
+            student.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            student.parameters(), lr=settings.lr, momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     start = 0
     if resume is not None:

@@ -167,3 +167,12 @@ def test_apc_validate_malformed_yaml(
 def test_apc_validate_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "/nonexistent/spec.yaml"]) == 2
     assert "spec: no such file: '/nonexistent/spec.yaml'" in capsys.readouterr().err
+
+
+def test_training_optimizer_choice() -> None:
+    spec = parse_spec({"name": "s", "training": {"optimizer": "adamw", "lr": 0.002}})
+    assert spec.training.optimization.optimizer == "adamw"
+    assert spec.training.optimization.lr == 0.002
+    assert _problems({"name": "s", "training": {"optimizer": "adam"}}) == [
+        "training.optimizer: must be one of ['sgd', 'adamw'], got 'adam'"
+    ]

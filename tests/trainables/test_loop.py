@@ -115,3 +115,15 @@ def test_after_step_hook_runs_each_step_and_divergence_is_reported() -> None:
             matching=MatchingConfig("none"), evaluate=_no_eval, report=lambda *a: None,
             hooks=CompressionHooks(after_step=explode),
         )  # fmt: skip
+
+
+def test_adamw_optimizer_trains_and_resumes() -> None:
+    teacher, student = _models()
+    reports: list[TrainState] = []
+    train_student(
+        student, teacher, _loader(),
+        config=LoopConfig(epochs=2, optimization=Optimization(optimizer="adamw", lr=1e-3)),
+        matching=MatchingConfig("ewa"), evaluate=_no_eval,
+        report=lambda e, m, s: reports.append(s),
+    )  # fmt: skip
+    assert "exp_avg" in next(iter(reports[0].optimizer["state"].values()))
