@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# A fresh study name each time, so `make demo` can be run again into the same MLflow store.
 demo: $(STAMP)
-	$(BIN)/apc run
+	$(BIN)/apc run --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
