@@ -7,8 +7,6 @@ multi-objective over the spec's search space, enqueued settings first, optional 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +61,7 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
     tracker = StudyTracker(spec.tracking_uri, spec)
     parent = tracker.start_study(spec_text)
     failed = True
+    started_ray = False
     try:
         num_classes = _num_classes(spec)
         teacher = prepare_teacher(spec, num_classes=num_classes, cache_dir=storage / "teachers")
@@ -74,6 +73,7 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
         setup = trial_setup(spec, num_classes=num_classes)
         if not ray.is_initialized():
             ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=True)
+            started_ray = True
         objectives = list(spec.objectives)
         searcher = OptunaSearch(
             space=spec.search_space.define_by_run,
@@ -116,8 +116,5 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
         return StudyOutcome(parent, len(grid), grid.num_errors, time.monotonic() - started)
     finally:
         tracker.end_study(failed=failed)
-        if os.environ.get("APC_KEEP_RAY") != "1" and "ray" in sys.modules:
-            import ray
-
-            if ray.is_initialized() and spec.ray_address is None:
-                ray.shutdown()
+        if started_ray:
+            ray.shutdown()

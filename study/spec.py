@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from search_spaces import SearchSpace, load_search_space, nearest_name
+from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
 from trainables.metric_names import METRICS
 
@@ -46,7 +47,6 @@ PLANNED_METHODS: Final[tuple[str, ...]] = (
     "quantization",
 )
 SAMPLERS: Final[tuple[str, ...]] = ("nsga2", "tpe", "random")
-DATASETS: Final[tuple[str, ...]] = ("shapes", "voc2012", "imagefolder")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
     "map": "max",
@@ -238,7 +238,7 @@ _TOP_KEYS = (
 def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
     keys = ("name", "image_size", "root", "train_size", "val_size", "options")
     s = _Section(data, "dataset", problems, keys)
-    name = s.get("name", "shapes", _choice(DATASETS))
+    name = s.get("name", "shapes", _choice(DATASET_NAMES))
     default_size = 64 if name == "shapes" else 224
     image_size = s.get("image_size", default_size, _integer(7))
     root = s.get("root", None, _optional(_string))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from study.spec import Spec
 from trainables import __version__
-from trainables.distillation import TrialSetup, make_loaders
+from trainables.distillation import TrialSetup, make_evaluator, make_loaders
 from trainables.loop import LoopConfig, TrainState, train_student
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
@@ -91,8 +91,6 @@ def _progress(epochs: int, started: float) -> Any:
 
 def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> TeacherResult:
     """Load the spec's teacher checkpoint, or the cached teacher, or train one (with progress)."""
-    from trainables.evaluation import evaluate
-
     setup = trial_setup(spec, num_classes=num_classes, epochs=spec.teacher.epochs)
     model = build_model(
         spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
@@ -100,8 +98,7 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
     )  # fmt: skip
     train_loader, eval_loader = make_loaders(setup)
 
-    def evaluation(student: torch.nn.Module, _teacher: torch.nn.Module | None) -> dict[str, float]:
-        return dict(evaluate(student, eval_loader, multi_label=setup.multi_label).metrics)
+    evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
 
     if spec.teacher.checkpoint is not None:
         path = Path(spec.teacher.checkpoint)

@@ -23,6 +23,7 @@ from trainables.data import build_dataset
 from trainables.data.sample import ImageDataset
 from trainables.loop import (
     CompressionHooks,
+    Evaluator,
     LoopConfig,
     Optimization,
     Reporter,
@@ -37,6 +38,7 @@ __all__ = [
     "TrialSetup",
     "build_split",
     "distillation_trainable",
+    "make_evaluator",
     "make_loaders",
     "run_distillation",
     "student_divisor",
@@ -107,13 +109,14 @@ def make_loaders(setup: TrialSetup) -> tuple[DataLoader[Any], DataLoader[Any]]:
     )
 
 
-def _evaluator(loader: DataLoader[Any], setup: TrialSetup, device: torch.device) -> Any:
+def make_evaluator(
+    loader: DataLoader[Any], *, multi_label: bool, device: torch.device | str = "cpu"
+) -> Evaluator:
+    """The loop's per-epoch evaluation: ``evaluate`` on ``loader``, metrics only."""
     from trainables.evaluation import evaluate
 
     def run(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
-        result = evaluate(
-            model, loader, teacher=teacher, multi_label=setup.multi_label, device=device
-        )
+        result = evaluate(model, loader, teacher=teacher, multi_label=multi_label, device=device)
         return dict(result.metrics)
 
     return run
@@ -153,7 +156,8 @@ def run_distillation(
     )  # fmt: skip
     train_student(
         student, teacher, train_loader, config=loop, matching=matching,
-        evaluate=_evaluator(eval_loader, setup, device), report=report,
+        evaluate=make_evaluator(eval_loader, multi_label=setup.multi_label, device=device),
+        report=report,
         hooks=CompressionHooks(), resume=resume, device=device,
     )  # fmt: skip
 
