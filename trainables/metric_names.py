@@ -28,6 +28,10 @@ METRICS: Final[dict[str, tuple[Direction, str]]] = {
     "model_bytes": ("min", "serialized model size in bytes"),
     "flops": ("min", "floating-point operations of one forward pass at batch 1"),
     "latency_ms": ("min", "median CPU latency at batch 1, ms"),
+    "latency_ms_b32": ("min", "median CPU latency at batch 32, ms (a trial's last epoch only)"),
+    "param_fraction": ("min", "non-zero parameters of the student over the teacher's parameters"),
+    "model_bytes_sparse": ("min", "serialized size with mostly-zero weights stored as CSR, bytes"),
+    "sparsity": ("max", "fraction of the prunable weights that are exactly zero"),
     "pie_fraction": ("min", "fraction of samples whose label differs from the teacher's"),
 }
 

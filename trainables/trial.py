@@ -1,0 +1,205 @@
+"""What every compression trainable shares: study-wide setup, data, teacher, Tune wrapper.
+
+A trainable is ``run_<method>(config, setup, teacher_state, *, report, resume, device)``
+(plain Python, testable without Ray) plus a thin Ray Tune function trainable made by
+:func:`run_tune_trial`: it restores Tune's checkpoint, hands every epoch's metrics to
+``tune.report`` with the checkpoint payload, and picks the device. Checkpoint payloads are
+mappings of tensors and numbers saved with ``torch.save`` and read back with
+``weights_only=True`` (never a pickle of code).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from trainables.data import build_dataset
+from trainables.data.sample import ImageDataset
+from trainables.loop import Evaluator, LoopConfig, Optimization
+from trainables.matching import MatchingConfig
+from trainables.models import build_model
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CheckpointReporter",
+    "TrialRun",
+    "TrialSetup",
+    "build_split",
+    "build_teacher",
+    "image_size",
+    "loop_config",
+    "make_evaluator",
+    "make_loaders",
+    "matching_config",
+    "run_tune_trial",
+]
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """The part of a trial's configuration that the whole study shares.
+
+    Attributes:
+        dataset: registry name (``shapes``, ``voc2012``, ``imagefolder``).
+        dataset_options: constructor options except split and size (``image_size``, ``root``...).
+        train_size, val_size: sample counts of the generated shapes splits (None: defaults).
+        eval_split: the split evaluated after each epoch (one with masks when there is one).
+        arch, teacher_width: the teacher's architecture and width divisor.
+        num_classes: output size.
+        epochs, batch_size: training length and batch size.
+        optimization: optimiser and KD settings.
+        seed: base seed of the study.
+        num_workers: DataLoader workers.
+        threads: torch threads per trial (from the trial's CPU resources).
+        extra: method-specific settings (the spec's ``method_options``, e.g. a pruning scheme).
+    """
+
+    dataset: str
+    dataset_options: Mapping[str, Any]
+    num_classes: int
+    arch: str
+    teacher_width: int
+    epochs: int
+    train_size: int | None = None
+    val_size: int | None = None
+    eval_split: str = "val"
+    batch_size: int = 64
+    optimization: Optimization = field(default_factory=Optimization)
+    seed: int = 0
+    num_workers: int = 0
+    threads: int = 1
+    multi_label: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def image_size(setup: TrialSetup) -> int:
+    """Side of the square input images of the study."""
+    return int(setup.dataset_options.get("image_size", 224))
+
+
+def build_split(setup: TrialSetup, split: str, size: int | None) -> ImageDataset:
+    """The data set of ``split`` as the study configures it."""
+    options = dict(setup.dataset_options)
+    if setup.dataset == "shapes":
+        options["seed"] = setup.seed
+        if size is not None:
+            options["size"] = size
+    return build_dataset(setup.dataset, split=split, **options)
+
+
+def make_loaders(setup: TrialSetup) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """Shuffled training batches and the evaluation split's batches."""
+    train = build_split(setup, "train", setup.train_size)
+    evaluation = build_split(setup, setup.eval_split, setup.val_size)
+    common: dict[str, Any] = {"batch_size": setup.batch_size, "num_workers": setup.num_workers}
+    return (
+        DataLoader(train, shuffle=True, drop_last=len(train) > setup.batch_size, **common),
+        DataLoader(evaluation, shuffle=False, **common),
+    )
+
+
+def make_evaluator(
+    loader: DataLoader[Any], *, multi_label: bool, device: torch.device | str = "cpu"
+) -> Evaluator:
+    """The loop's per-epoch evaluation: ``evaluate`` on ``loader``, metrics only."""
+    from trainables.evaluation import evaluate
+
+    def run(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
+        result = evaluate(model, loader, teacher=teacher, multi_label=multi_label, device=device)
+        return dict(result.metrics)
+
+    return run
+
+
+def build_teacher(setup: TrialSetup, teacher_state: Mapping[str, Tensor]) -> nn.Module:
+    """The trained teacher on the CPU, in eval mode, from its state dict."""
+    teacher = build_model(
+        setup.arch, num_classes=setup.num_classes, image_size=image_size(setup),
+        width_divisor=setup.teacher_width,
+    )  # fmt: skip
+    teacher.load_state_dict(dict(teacher_state))
+    return teacher.eval()
+
+
+def matching_config(config: Mapping[str, Any]) -> MatchingConfig:
+    """The searched matching settings (``matching``, ``drop_p``) of a trial's config."""
+    return MatchingConfig(
+        kind=config.get("matching", "none"), drop_p=float(config.get("drop_p", 0.0))
+    )
+
+
+def loop_config(
+    config: Mapping[str, Any], setup: TrialSetup, *, epochs: int | None = None, seed: int = 0
+) -> LoopConfig:
+    """The loop settings of a trial: the study's optimiser, the searched ``beta``.
+
+    Args:
+        config: the trial's searched values.
+        setup: the study-wide settings.
+        epochs: epochs of this run of the loop (default: the study's).
+        seed: added to the study's seed (one loop run per pruning step gets its own shuffles).
+    """
+    return LoopConfig(
+        epochs=setup.epochs if epochs is None else epochs, optimization=setup.optimization,
+        beta=float(config.get("beta", 0.0)), multi_label=setup.multi_label,
+        seed=setup.seed + seed,
+    )  # fmt: skip
+
+
+#: ``report(epoch, metrics, payload)``: ``payload`` is the checkpoint to resume from.
+CheckpointReporter = Callable[[int, dict[str, float], Mapping[str, Any]], None]
+
+
+class TrialRun(Protocol):
+    """A trainable's body: trains, calls ``report`` every epoch, resumes from a payload."""
+
+    def __call__(
+        self,
+        config: Mapping[str, Any],
+        setup: TrialSetup,
+        teacher_state: Mapping[str, Tensor],
+        *,
+        report: CheckpointReporter,
+        resume: Mapping[str, Any] | None,
+        device: torch.device | str,
+    ) -> None: ...
+
+
+def run_tune_trial(
+    run: TrialRun,
+    config: Mapping[str, Any],
+    setup: TrialSetup,
+    teacher_state: Mapping[str, Tensor],
+) -> None:
+    """Run ``run`` as a Ray Tune function trainable: resume, report with checkpoints.
+
+    Must be called inside a Tune trial. The teacher's weights arrive through Ray's object store
+    (``tune.with_parameters``), so no trial retrains or reloads the teacher from disk.
+    """
+    from ray import tune
+
+    torch.set_num_threads(max(1, setup.threads))
+    resume: Mapping[str, Any] | None = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+
+    def report(epoch: int, metrics: dict[str, float], payload: Mapping[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
+            tune.report(
+                {**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder)
+            )
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run(config, setup, teacher_state, report=report, resume=resume, device=device)
