@@ -159,10 +159,15 @@ def test_trainable_reports_every_step_and_resumes_inside_and_between_steps() -> 
     # Resume inside a step (after epoch 0) and at a step boundary (after epoch 1).
     for index, expected in ((0, [1, 2, 3]), (1, [2, 3])):
         resumed: list[tuple[int, dict[str, float]]] = []
+
+        def collect(
+            epoch: int, metrics: dict[str, float], _payload: Any, out: list[Any] = resumed
+        ) -> None:
+            out.append((epoch, metrics))
+
         run_unstructured_pruning(
-            config, setup, teacher.state_dict(), resume=reports[index][2],
-            report=lambda e, m, p, out=resumed: out.append((e, m)),
-        )  # fmt: skip
+            config, setup, teacher.state_dict(), resume=reports[index][2], report=collect
+        )
         assert [e for e, _ in resumed] == expected
         assert resumed[-1][1]["loss"] == final["loss"]
         assert resumed[-1][1]["sparsity"] == three_quarters
