@@ -1,6 +1,6 @@
 """Run a study: teacher stage, then Ray Tune with OptunaSearch, tracked in MLflow.
 
-spec -> teacher (trained or cached) -> Tuner(distillation trainable, OptunaSearch
+spec -> teacher (trained or cached) -> Tuner(the method's trainable, OptunaSearch
 multi-objective over the spec's search space, enqueued settings first, optional ASHA)
 -> MLflow parent / teacher / trial runs -> Pareto table
 """
@@ -40,7 +40,7 @@ def _sampler(spec: Spec) -> Any:
 
 
 def _num_classes(spec: Spec) -> int:
-    from trainables.distillation import build_split
+    from trainables.trial import build_split
 
     setup = trial_setup(spec, num_classes=1)
     return build_split(
@@ -54,7 +54,7 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from trainables.distillation import distillation_trainable
+    from trainables.registry import get_trainable
 
     started = time.monotonic()
     storage = Path(spec.storage_path).expanduser().resolve()
@@ -91,7 +91,9 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
             )  # fmt: skip
         resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
         trainable = tune.with_resources(
-            tune.with_parameters(distillation_trainable, setup=setup, teacher_state=teacher.state),
+            tune.with_parameters(
+                get_trainable(spec.method), setup=setup, teacher_state=teacher.state
+            ),
             resources,
         )
         tuner = tune.Tuner(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -21,6 +21,7 @@ from search_spaces import SearchSpace, load_search_space, nearest_name
 from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
 from trainables.metric_names import METRICS
+from trainables.registry import check_method_options, trainable_names
 
 __all__ = [
     "METHODS",
@@ -38,14 +39,10 @@ __all__ = [
     "read_spec_text",
 ]
 
-#: Compression methods a spec may name, with the trainable that runs each.
-METHODS: Final[tuple[str, ...]] = ("distillation",)
+#: Compression methods a spec may name: those with a trainable in trainables.registry.
+METHODS: Final[tuple[str, ...]] = trainable_names()
 #: Planned methods, refused with a clear message until their trainable exists.
-PLANNED_METHODS: Final[tuple[str, ...]] = (
-    "structured_pruning",
-    "unstructured_pruning",
-    "quantization",
-)
+PLANNED_METHODS: Final[tuple[str, ...]] = ("quantization",)
 SAMPLERS: Final[tuple[str, ...]] = ("nsga2", "tpe", "random")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
@@ -116,6 +113,7 @@ class Spec:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     method: str = "distillation"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     search_space: SearchSpace = field(default_factory=lambda: SearchSpace(()))
     search_space_ref: str | Mapping[str, Any] = "distillation"
     enqueue: tuple[Mapping[str, Any], ...] = ()
@@ -229,9 +227,9 @@ class _Section:
 
 
 _TOP_KEYS = (
-    "name", "seed", "dataset", "teacher", "method", "search_space", "enqueue", "objectives",
-    "sampler", "trials", "max_concurrent", "epochs", "training", "resources_per_trial",
-    "scheduler", "tracking_uri", "storage_path", "ray_address",
+    "name", "seed", "dataset", "teacher", "method", "method_options", "search_space", "enqueue",
+    "objectives", "sampler", "trials", "max_concurrent", "epochs", "training",
+    "resources_per_trial", "scheduler", "tracking_uri", "storage_path", "ray_address",
 )  # fmt: skip
 
 
@@ -406,6 +404,16 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         storage_path=s.get("storage_path", "apc_results", _string),
         ray_address=s.get("ray_address", None, _optional(_string)),
     )
+    method_options = s.get(
+        "method_options", {}, lambda v: None if isinstance(v, Mapping) else "must be a mapping"
+    )
+    if method in METHODS:
+        # After the spec is read: whether the options fit can depend on its epochs.
+        problems.extend(
+            f"method_options.{problem}"
+            for problem in check_method_options(method, method_options, epochs=spec.epochs)
+        )
+    spec = replace(spec, method_options=dict(method_options))
     if problems:
         raise SpecError(problems)
     return spec

@@ -21,10 +21,10 @@ from torch import Tensor
 
 from study.spec import Spec
 from trainables import __version__
-from trainables.distillation import TrialSetup, make_evaluator, make_loaders
 from trainables.loop import LoopConfig, TrainState, train_student
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
+from trainables.trial import TrialSetup, make_evaluator, make_loaders
 
 __all__ = ["TeacherResult", "prepare_teacher", "teacher_key", "trial_setup"]
 
@@ -62,6 +62,7 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
         num_workers=spec.training.num_workers,
         threads=max(1, int(spec.resources_per_trial.cpu)),
         multi_label=spec.dataset.name != "imagefolder",
+        extra=dict(spec.method_options),
     )
 
 

@@ -23,7 +23,7 @@ __all__ = ["ROLE_TAG", "StudyTracker", "study_exists", "trial_params"]
 
 ROLE_TAG = "apc.role"
 PARENT_TAG = "mlflow.parentRunId"
-SEARCHED_PARAMS = ("matching", "beta", "drop_p", "student_width")
+SEARCHED_PARAMS = ("matching", "beta", "drop_p", "prune_rate", "student_width")
 
 
 def trial_params(config: Mapping[str, Any], *, method: str, teacher_run_id: str) -> dict[str, str]:

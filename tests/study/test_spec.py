@@ -22,6 +22,21 @@ def test_demo_preset_is_valid_and_opens_with_its_command() -> None:
     assert spec.teacher.arch == "vgg11_bn"
 
 
+@pytest.mark.parametrize("method", ["structured_pruning", "unstructured_pruning"])
+def test_pruning_presets_are_valid_share_the_demo_teacher_and_open_with_their_command(
+    method: str,
+) -> None:
+    from study.teacher import teacher_key
+
+    path = PRESET.with_name(f"{method}.yaml")
+    spec = load_spec(path)
+    assert path.read_text().startswith(f"# apc run study/presets/{method}.yaml")
+    assert spec.method == method
+    assert "prune_rate" in spec.search_space.names
+    assert all("prune_rate" in p for p in spec.enqueue)
+    assert teacher_key(spec) == teacher_key(load_spec(PRESET))  # the cached teacher is reused
+
+
 def test_defaults_for_a_minimal_spec() -> None:
     spec = parse_spec({"name": "s"})
     assert spec.method == "distillation"
@@ -91,7 +106,26 @@ def _problems(data: object) -> list[str]:
         ),
         (
             {"name": "s", "method": "quantization"},
-            "method: 'quantization' has no trainable yet; available: distillation",
+            "method: 'quantization' has no trainable yet; available: distillation, "
+            "structured_pruning, unstructured_pruning",
+        ),
+        (
+            {"name": "s", "method": "unstructured_pruning", "epochs": 3},
+            "method_options.steps: must divide epochs (3) so that every pruning step fine-tunes "
+            "as long, got 16 (the default, as the paper)",
+        ),
+        (
+            {"name": "s", "method": "structured_pruning", "method_options": {"scheme": "l1"}},
+            "method_options.scheme: must be one of ['paper', 'uniform', 'layers', 'global'], "
+            "got 'l1'",
+        ),
+        (
+            {"name": "s", "method_options": {"scheme": "paper"}},
+            "method_options.scheme: distillation takes no options, got 'paper'",
+        ),
+        (
+            {"name": "s", "method": "structured_pruning", "method_options": [1]},
+            "method_options: must be a mapping, got [1]",
         ),
         (
             {"name": "s", "enqueue": [{"matching": "sswa", "drop_p": 1.0}]},

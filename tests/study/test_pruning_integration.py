@@ -1,0 +1,97 @@
+"""A one-trial study per pruning method: local Ray, OptunaSearch, a SQLite MLflow store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from study.cli import main
+
+pytestmark = pytest.mark.integration
+
+SIZE_METRICS = {"params", "nonzero_params", "model_bytes", "flops", "latency_ms", "param_fraction"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    import ray
+
+    # One local Ray for both studies (the runner leaves a Ray it did not start running).
+    ray.init(include_dashboard=False, log_to_driver=False)
+    root = tmp_path_factory.mktemp("pruning")
+    try:
+        yield f"sqlite:///{root}/mlflow.db", root
+    finally:
+        ray.shutdown()
+
+
+def _run(store: tuple[str, Path], name: str, *overrides: str) -> None:
+    uri, root = store
+    code = main([
+        "run", "--name", name, "--trials", "1", "--tracking-uri", uri,
+        "--storage", str(root / "results"),
+        "--set", "epochs=2", "--set", "dataset.train_size=32", "--set", "dataset.val_size=16",
+        "--set", "dataset.image_size=32", "--set", "teacher.epochs=1",
+        "--set", "training.batch_size=16", "--set", "max_concurrent=1",
+        *[arg for value in overrides for arg in ("--set", value)],
+    ])  # fmt: skip
+    assert code == 0
+
+
+def _trial(store: tuple[str, Path], name: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store[0])
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags["apc.role"] == "trial"]
+    assert len(trials) == 1
+    assert trials[0].info.status == "FINISHED"
+    return trials[0]
+
+
+def test_structured_pruning_study(store: tuple[str, Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _run(
+        store, "structured",
+        "method=structured_pruning", "search_space=structured_pruning",
+        "method_options={scheme: paper}", "objectives={map: max, flops: min}",
+        "enqueue=[{matching: swa, beta: 1.0, prune_rate: 0.5}]",
+    )  # fmt: skip
+    run = _trial(store, "structured")
+    params, metrics = run.data.params, run.data.metrics
+    assert (params["method"], params["prune_rate"], params["matching"]) == (
+        "structured_pruning", "0.5", "swa",
+    )  # fmt: skip
+    assert SIZE_METRICS | {"latency_ms_b32", "map"} <= set(metrics)
+    assert 0.2 < metrics["param_fraction"] < 0.7
+    assert metrics["nonzero_params"] <= metrics["params"]
+    history = MlflowClient(store[0]).get_metric_history(run.info.run_id, "flops")
+    assert sorted(m.step for m in history) == [0, 1]
+
+
+def test_unstructured_pruning_study(store: tuple[str, Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _run(
+        store, "unstructured",
+        "method=unstructured_pruning", "search_space=unstructured_pruning",
+        "method_options={steps: 2}", "objectives={map: max, nonzero_params: min}",
+        "enqueue=[{matching: none, prune_rate: 0.5}]",
+    )  # fmt: skip
+    run = _trial(store, "unstructured")
+    params, metrics = run.data.params, run.data.metrics
+    assert (params["method"], params["prune_rate"]) == ("unstructured_pruning", "0.5")
+    assert "beta" not in params
+    assert SIZE_METRICS | {"model_bytes_sparse", "sparsity"} <= set(metrics)
+    assert metrics["sparsity"] == pytest.approx(0.75, abs=1e-4)
+    assert metrics["model_bytes_sparse"] < metrics["model_bytes"]
+    history = MlflowClient(store[0]).get_metric_history(run.info.run_id, "sparsity")
+    assert [round(m.value, 3) for m in sorted(history, key=lambda m: m.step)] == [0.5, 0.75]
+    # The second study reused the first one's cached teacher.
+    assert len(list((store[1] / "results" / "teachers").glob("teacher-*.pt"))) == 1
