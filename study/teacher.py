@@ -21,12 +21,18 @@ from torch import Tensor
 
 from study.spec import Spec
 from trainables import __version__
-from trainables.loop import LoopConfig, TrainState, train_student
+from trainables.loop import LoopConfig, Optimization, TrainState, train_student
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
 from trainables.trial import TrialSetup, make_evaluator, make_loaders
 
-__all__ = ["TeacherResult", "prepare_teacher", "teacher_key", "trial_setup"]
+__all__ = [
+    "TeacherResult",
+    "prepare_teacher",
+    "teacher_key",
+    "teacher_optimization",
+    "trial_setup",
+]
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,25 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
     )
 
 
+def teacher_optimization(spec: Spec) -> Optimization:
+    """The optimiser settings the teacher trains with: the study's, at the teacher's own lr."""
+    return replace(spec.training.optimization, lr=spec.teacher.lr)
+
+
 def teacher_key(spec: Spec) -> str:
-    """Content hash of everything that determines the trained teacher."""
+    """Content hash of everything that determines the trained teacher.
+
+    Only what reaches the teacher's training counts: the students' learning rate and KD
+    settings do not, so tuning them keeps the cached teacher.
+    """
+    optimization = asdict(teacher_optimization(spec))
+    for student_only in ("kd_temperature", "kd_alpha"):
+        optimization.pop(student_only)
     payload = {
         "dataset": asdict(spec.dataset),
         "teacher": asdict(spec.teacher),
-        "training": asdict(spec.training),
+        "batch_size": spec.training.batch_size,
+        "optimization": optimization,
         "seed": spec.seed,
         "version": __version__,
     }
@@ -121,7 +140,7 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
 
     loop = LoopConfig(
         epochs=spec.teacher.epochs,
-        optimization=replace(spec.training.optimization, lr=spec.teacher.lr),
+        optimization=teacher_optimization(spec),
         multi_label=setup.multi_label,
         seed=spec.seed,
     )

@@ -210,3 +210,16 @@ def test_training_optimizer_choice() -> None:
     assert _problems({"name": "s", "training": {"optimizer": "adam"}}) == [
         "training.optimizer: must be one of ['sgd', 'adamw'], got 'adam'"
     ]
+
+
+def test_teacher_key_ignores_student_only_settings_and_tracks_teacher_ones() -> None:
+    from study.teacher import teacher_key
+
+    base = load_spec(PRESET)
+    data = yaml.safe_load(PRESET.read_text())
+    students = {**data, "training": {**data["training"], "lr": 0.123, "kd_alpha": 0.5}}
+    assert teacher_key(parse_spec(students)) == teacher_key(base)
+    teacher = {**data, "teacher": {**data["teacher"], "lr": 0.123}}
+    assert teacher_key(parse_spec(teacher)) != teacher_key(base)
+    batch = {**data, "training": {**data["training"], "batch_size": 7}}
+    assert teacher_key(parse_spec(batch)) != teacher_key(base)
