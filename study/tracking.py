@@ -14,9 +14,11 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from study.spec import Spec
+from trainables.export import MODEL_FILE
 from trainables.metric_names import METRICS
 
 __all__ = ["ROLE_TAG", "StudyTracker", "study_exists", "trial_params"]
@@ -139,6 +141,20 @@ class StudyTracker:
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
         self._log_metrics(self.trial_runs[trial_id], result, step=step)
 
+    def trial_model(self, trial_id: str, checkpoint: Any) -> None:
+        """Log the compressed model in the trial's last Tune checkpoint, if it holds one.
+
+        Trials save it with their last epoch (``trainables.export``); it is logged as the
+        artifact ``model/model.pt2``, which ``torch.export.load(path).module()`` loads.
+        """
+        run_id = self.trial_runs.get(trial_id)
+        if run_id is None or checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / MODEL_FILE
+            if path.is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path="model")
+
     def trial_ended(self, trial_id: str, *, failed: bool, reason: str = "") -> None:
         run_id = self.trial_runs.get(trial_id)
         if run_id is None:
@@ -170,6 +186,7 @@ def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) ->
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
+            tracker.trial_model(trial.trial_id, trial.checkpoint)
             tracker.trial_ended(trial.trial_id, failed=False)
 
         def on_trial_error(

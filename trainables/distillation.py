@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainables.loop import CompressionHooks, Reporter, TrainState, train_student
 from trainables.models import build_model
@@ -49,6 +49,13 @@ def student_divisor(setup: TrialSetup, student_width: int) -> int:
     return setup.teacher_width * student_width
 
 
+def _build_student(config: Mapping[str, Any], setup: TrialSetup) -> nn.Module:
+    return build_model(
+        setup.arch, num_classes=setup.num_classes, image_size=image_size(setup),
+        width_divisor=student_divisor(setup, int(config.get("student_width", 2))),
+    )  # fmt: skip
+
+
 def run_distillation(
     config: Mapping[str, Any],
     setup: TrialSetup,
@@ -62,10 +69,7 @@ def run_distillation(
     device = torch.device(device)
     torch.manual_seed(setup.seed)
     teacher = build_teacher(setup, teacher_state)
-    student = build_model(
-        setup.arch, num_classes=setup.num_classes, image_size=image_size(setup),
-        width_divisor=student_divisor(setup, int(config.get("student_width", 2))),
-    )  # fmt: skip
+    student = _build_student(config, setup)
     train_loader, eval_loader = make_loaders(setup)
     sizes = SizeProbe(
         image_size(setup), final_epoch=setup.epochs - 1,
@@ -90,7 +94,11 @@ def _run_with_payload(
     device: torch.device | str,
 ) -> None:
     def report_state(epoch: int, metrics: dict[str, float], state: TrainState) -> None:
-        report(epoch, metrics, state.as_dict())
+        model = None
+        if epoch == setup.epochs - 1:  # the last epoch: hand over the student to be saved
+            model = _build_student(config, setup)
+            model.load_state_dict(state.model)
+        report(epoch, metrics, state.as_dict(), model=model)
 
     run_distillation(
         config, setup, teacher_state, report=report_state,

@@ -293,7 +293,8 @@ def run_structured_pruning(
     )  # fmt: skip
 
     def report_state(epoch: int, metrics: dict[str, float], train_state: TrainState) -> None:
-        report(epoch, metrics, train_state.as_dict())
+        final = epoch == setup.epochs - 1
+        report(epoch, metrics, train_state.as_dict(), model=student if final else None)
 
     train_student(
         student, teacher, train_loader, config=loop_config(config, setup),

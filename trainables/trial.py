@@ -11,7 +11,8 @@ mappings of tensors and numbers saved with ``torch.save`` and read back with
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from trainables.data import build_dataset
 from trainables.data.sample import ImageDataset
+from trainables.export import MODEL_FILE, export_model
 from trainables.loop import Evaluator, LoopConfig, Optimization
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
@@ -155,8 +157,22 @@ def loop_config(
     )  # fmt: skip
 
 
-#: ``report(epoch, metrics, payload)``: ``payload`` is the checkpoint to resume from.
-CheckpointReporter = Callable[[int, dict[str, float], Mapping[str, Any]], None]
+class CheckpointReporter(Protocol):
+    """``report(epoch, metrics, payload, model=...)`` after every epoch.
+
+    ``payload`` is the checkpoint to resume from; ``model`` (the trained student) is passed
+    with the trial's last epoch only, to be saved as the compressed model.
+    """
+
+    def __call__(
+        self,
+        epoch: int,
+        metrics: dict[str, float],
+        payload: Mapping[str, Any],
+        /,
+        *,
+        model: nn.Module | None = None,
+    ) -> None: ...
 
 
 class TrialRun(Protocol):
@@ -174,6 +190,13 @@ class TrialRun(Protocol):
     ) -> None: ...
 
 
+def _export(model: nn.Module, setup: TrialSetup, path: Path) -> None:
+    try:
+        export_model(model, image_size(setup), path)
+    except Exception as error:  # tracing can fail on exotic models; the trial's results stand
+        warnings.warn(f"export: the compressed model was not saved: {error}", stacklevel=2)
+
+
 def run_tune_trial(
     run: TrialRun,
     config: Mapping[str, Any],
@@ -183,7 +206,8 @@ def run_tune_trial(
     """Run ``run`` as a Ray Tune function trainable: resume, report with checkpoints.
 
     Must be called inside a Tune trial. The teacher's weights arrive through Ray's object store
-    (``tune.with_parameters``), so no trial retrains or reloads the teacher from disk.
+    (``tune.with_parameters``), so no trial retrains or reloads the teacher from disk. The last
+    epoch's checkpoint also holds the compressed model, exported (:mod:`trainables.export`).
     """
     from ray import tune
 
@@ -194,9 +218,18 @@ def run_tune_trial(
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
 
-    def report(epoch: int, metrics: dict[str, float], payload: Mapping[str, Any]) -> None:
+    def report(
+        epoch: int,
+        metrics: dict[str, float],
+        payload: Mapping[str, Any],
+        /,
+        *,
+        model: nn.Module | None = None,
+    ) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
+            if model is not None:
+                _export(model, setup, Path(folder) / MODEL_FILE)
             tune.report(
                 {**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder)
             )

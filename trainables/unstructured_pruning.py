@@ -266,7 +266,8 @@ def run_unstructured_pruning(
         ) -> None:
             payload = {"step": step, "masks": masks.state_dict(), "loop": train_state.as_dict()}
             metrics = {**metrics, "sparsity": masks.sparsity, "prune_step": float(step + 1)}
-            report(step * per_step + epoch, metrics, payload)
+            final = step == schedule.steps - 1 and epoch == per_step - 1
+            report(step * per_step + epoch, metrics, payload, model=student if final else None)
 
         train_student(
             student, teacher, train_loader,

@@ -54,6 +54,20 @@ def _trial(store: tuple[str, Path], name: str) -> Any:
     return trials[0]
 
 
+def _check_model_artifact(store: tuple[str, Path], run_id: str, params: float) -> None:
+    """The trial's compressed model is an artifact that loads with plain PyTorch."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store[0])
+    assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/model.pt2"]
+    path = client.download_artifacts(run_id, "model/model.pt2", str(store[1]))
+    model = torch.export.load(path).module()
+    assert sum(p.numel() for p in model.parameters()) == params
+    with torch.no_grad():
+        assert model(torch.zeros(3, 3, 32, 32)).shape[0] == 3
+
+
 def test_structured_pruning_study(store: tuple[str, Path]) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -73,6 +87,7 @@ def test_structured_pruning_study(store: tuple[str, Path]) -> None:
     assert metrics["nonzero_params"] <= metrics["params"]
     history = MlflowClient(store[0]).get_metric_history(run.info.run_id, "flops")
     assert sorted(m.step for m in history) == [0, 1]
+    _check_model_artifact(store, run.info.run_id, metrics["params"])
 
 
 def test_unstructured_pruning_study(store: tuple[str, Path]) -> None:
@@ -93,5 +108,6 @@ def test_unstructured_pruning_study(store: tuple[str, Path]) -> None:
     assert metrics["model_bytes_sparse"] < metrics["model_bytes"]
     history = MlflowClient(store[0]).get_metric_history(run.info.run_id, "sparsity")
     assert [round(m.value, 3) for m in sorted(history, key=lambda m: m.step)] == [0.5, 0.75]
+    _check_model_artifact(store, run.info.run_id, metrics["params"])
     # The second study reused the first one's cached teacher.
     assert len(list((store[1] / "results" / "teachers").glob("teacher-*.pt"))) == 1

@@ -21,6 +21,8 @@ from trainables.structured_pruning import (
 )
 from trainables.trial import TrialSetup
 
+from .reports import Reports
+
 SIZE = 32
 
 
@@ -193,26 +195,27 @@ def test_trainable_reports_size_metrics_and_resumes_into_the_pruned_architecture
     setup = _setup(epochs=2)
     teacher = build_model("vgg11_bn", num_classes=10, image_size=SIZE, width_divisor=8)
     config = {"prune_rate": 0.5, "matching": "swa", "beta": 1.0}
-    reports: list[tuple[int, dict[str, float], dict[str, Any]]] = []
-    run_structured_pruning(
-        config, setup, teacher.state_dict(),
-        report=lambda e, m, p: reports.append((e, m, dict(p))),
-    )  # fmt: skip
-    assert [e for e, _, _ in reports] == [0, 1]
-    final = reports[-1][1]
+    reports = Reports()
+    run_structured_pruning(config, setup, teacher.state_dict(), report=reports)
+    assert reports.epochs == [0, 1]
+    final = reports.metrics[-1]
     assert {"map", "loss", "params", "nonzero_params", "model_bytes", "flops", "latency_ms",
             "param_fraction", "latency_ms_b32"} <= set(final)  # fmt: skip
-    assert "latency_ms_b32" not in reports[0][1]
+    assert "latency_ms_b32" not in reports.metrics[0]
     assert final["params"] == pytest.approx(
         final["param_fraction"] * count_params(teacher), rel=0.01
     )
     assert 0.2 < final["param_fraction"] < 0.6
-    resumed: list[tuple[int, dict[str, float], dict[str, Any]]] = []
+    # The trained pruned student is handed over with the last epoch, to be saved.
+    student = reports.models[-1]
+    assert reports.models[0] is None
+    assert student is not None
+    assert count_params(student) == final["params"]
+    resumed = Reports()
     run_structured_pruning(
-        config, setup, teacher.state_dict(), resume=reports[0][2],
-        report=lambda e, m, p: resumed.append((e, m, dict(p))),
-    )  # fmt: skip
-    assert [e for e, _, _ in resumed] == [1]
-    assert resumed[0][1]["loss"] == reports[1][1]["loss"]
+        config, setup, teacher.state_dict(), resume=reports.payloads[0], report=resumed
+    )
+    assert resumed.epochs == [1]
+    assert resumed.metrics[0]["loss"] == final["loss"]
     with pytest.raises(ValueError, match="prune_rate: is required by structured_pruning"):
-        run_structured_pruning({}, setup, teacher.state_dict(), report=lambda e, m, p: None)
+        run_structured_pruning({}, setup, teacher.state_dict(), report=Reports())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 from torch import nn
@@ -21,6 +19,8 @@ from trainables.unstructured_pruning import (
     prunable_weights,
     run_unstructured_pruning,
 )
+
+from .reports import Reports
 
 SIZE = 32
 
@@ -136,38 +136,31 @@ def test_trainable_reports_every_step_and_resumes_inside_and_between_steps() -> 
     setup = _setup()
     teacher = _model()
     config = {"prune_rate": 0.5, "matching": "ewa", "beta": 1.0}
-    reports: list[tuple[int, dict[str, float], dict[str, Any]]] = []
-    run_unstructured_pruning(
-        config, setup, teacher.state_dict(),
-        report=lambda e, m, p: reports.append((e, m, dict(p))),
-    )  # fmt: skip
+    reports = Reports()
+    run_unstructured_pruning(config, setup, teacher.state_dict(), report=reports)
     # Two steps of two epochs each; epochs are counted over the steps.
-    assert [(e, m["prune_step"]) for e, m, _ in reports] == [(0, 1.0), (1, 1.0), (2, 2.0), (3, 2.0)]
+    steps = [m["prune_step"] for m in reports.metrics]
+    assert list(zip(reports.epochs, steps, strict=True)) == [(0, 1), (1, 1), (2, 2), (3, 2)]
     total = sum(w.numel() for w in prunable_weights(teacher).values())
     half, three_quarters = round(total * 0.5) / total, round(total * 0.75) / total
-    assert [m["sparsity"] for _, m, _ in reports] == [half, half, three_quarters, three_quarters]
-    final = reports[-1][1]
+    assert [m["sparsity"] for m in reports.metrics] == [half, half, three_quarters, three_quarters]
+    final = reports.metrics[-1]
     assert {"nonzero_params", "model_bytes", "model_bytes_sparse", "flops", "latency_ms",
             "param_fraction", "latency_ms_b32", "map"} <= set(final)  # fmt: skip
-    assert "latency_ms_b32" not in reports[1][1]
+    assert "latency_ms_b32" not in reports.metrics[1]
     assert final["nonzero_params"] < 0.4 * final["params"]
     assert final["param_fraction"] == final["nonzero_params"] / final["params"]
     assert final["model_bytes_sparse"] < final["model_bytes"]
+    assert [m is None for m in reports.models] == [True, True, True, False]
     student = _model()
-    student.load_state_dict(reports[-1][2]["loop"]["model"])
+    student.load_state_dict(reports.payloads[-1]["loop"]["model"])
     assert _conv_zeros(student) == (round(total * 0.75), total)
     # Resume inside a step (after epoch 0) and at a step boundary (after epoch 1).
     for index, expected in ((0, [1, 2, 3]), (1, [2, 3])):
-        resumed: list[tuple[int, dict[str, float]]] = []
-
-        def collect(
-            epoch: int, metrics: dict[str, float], _payload: Any, out: list[Any] = resumed
-        ) -> None:
-            out.append((epoch, metrics))
-
+        resumed = Reports()
         run_unstructured_pruning(
-            config, setup, teacher.state_dict(), resume=reports[index][2], report=collect
+            config, setup, teacher.state_dict(), resume=reports.payloads[index], report=resumed
         )
-        assert [e for e, _ in resumed] == expected
-        assert resumed[-1][1]["loss"] == final["loss"]
-        assert resumed[-1][1]["sparsity"] == three_quarters
+        assert resumed.epochs == expected
+        assert resumed.metrics[-1]["loss"] == final["loss"]
+        assert resumed.metrics[-1]["sparsity"] == three_quarters
