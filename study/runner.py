@@ -21,10 +21,21 @@ __all__ = ["StudyOutcome", "run_study"]
 
 @dataclass(frozen=True)
 class StudyOutcome:
+    """Where a finished study's results are, and where its wall time went.
+
+    ``seconds`` is the whole study; ``teacher_seconds`` the teacher stage (training or loading
+    and evaluating it), ``ray_init_seconds`` starting local Ray (0 when it was running) and
+    ``tune_seconds`` ``Tuner.fit``, i.e. the trials and everything Tune does around them
+    (``bench.sweep_overhead`` compares it with the trials' own training and evaluation time).
+    """
+
     parent_run_id: str
     trials: int
     failed: int
     seconds: float
+    teacher_seconds: float = 0.0
+    ray_init_seconds: float = 0.0
+    tune_seconds: float = 0.0
 
 
 def _sampler(spec: Spec) -> Any:
@@ -52,8 +63,8 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
     """Run ``spec`` to completion; returns where its results are."""
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
+    from study.search import NanSafeOptunaSearch
     from trainables.registry import get_trainable
 
     started = time.monotonic()
@@ -64,18 +75,22 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
     started_ray = False
     try:
         num_classes = _num_classes(spec)
+        teacher_started = time.monotonic()
         teacher = prepare_teacher(spec, num_classes=num_classes, cache_dir=storage / "teachers")
+        teacher_seconds = time.monotonic() - teacher_started
         teacher_run = tracker.log_teacher(
             teacher.metrics,
             {"arch": spec.teacher.arch, "width": str(spec.teacher.width),
              "weights": str(teacher.path), "cache_key": teacher.key},
         )  # fmt: skip
         setup = trial_setup(spec, num_classes=num_classes)
+        ray_started = time.monotonic()
         if not ray.is_initialized():
             ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=True)
             started_ray = True
+        ray_init_seconds = time.monotonic() - ray_started
         objectives = list(spec.objectives)
-        searcher = OptunaSearch(
+        searcher = NanSafeOptunaSearch(
             space=spec.search_space.define_by_run,
             metric=objectives,
             mode=[spec.objectives[m] for m in objectives],
@@ -113,9 +128,15 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
                 verbose=1,
             ),
         )
+        tune_started = time.monotonic()
         grid = tuner.fit()
+        tune_seconds = time.monotonic() - tune_started
         failed = False
-        return StudyOutcome(parent, len(grid), grid.num_errors, time.monotonic() - started)
+        return StudyOutcome(
+            parent, len(grid), grid.num_errors, time.monotonic() - started,
+            teacher_seconds=teacher_seconds, ray_init_seconds=ray_init_seconds,
+            tune_seconds=tune_seconds,
+        )  # fmt: skip
     finally:
         tracker.end_study(failed=failed)
         if started_ray:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from study.objectives import NAN_TAG, sampler_substitutes, tag_text
 from study.spec import Spec
 from trainables.export import MODEL_FILE
 from trainables.metric_names import METRICS
@@ -141,6 +142,17 @@ class StudyTracker:
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
         self._log_metrics(self.trial_runs[trial_id], result, step=step)
 
+    def trial_objectives(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
+        """Tag the run with the objectives the sampler was told the worst value for, and why.
+
+        The metric itself stays absent (only finite values are logged); the tag says why it
+        is missing, with the policy of :mod:`study.objectives` that the searcher applies.
+        """
+        run_id = self.trial_runs.get(trial_id)
+        substitutes = sampler_substitutes(result, self.spec.objectives)
+        if run_id is not None and substitutes:
+            self.client.set_tag(run_id, NAN_TAG, tag_text(substitutes)[:5000])
+
     def trial_model(self, trial_id: str, checkpoint: Any) -> None:
         """Log the compressed model in the trial's last Tune checkpoint, if it holds one.
 
@@ -186,6 +198,7 @@ def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) ->
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
+            tracker.trial_objectives(trial.trial_id, trial.last_result)
             tracker.trial_model(trial.trial_id, trial.checkpoint)
             tracker.trial_ended(trial.trial_id, failed=False)
 

@@ -70,3 +70,28 @@ def test_run_printed_the_pareto_front_and_refuses_an_existing_name(
     assert main(["run", "--name", "tiny", "--tracking-uri", uri, "--storage", str(root)]) == 2
     err = capsys.readouterr().err
     assert f"apc run: name: study 'tiny' already exists in {uri}; choose another --name" in err
+
+
+def test_objectives_missing_from_the_last_epoch_are_tagged(study: tuple[str, Path]) -> None:
+    """The tag names exactly the objectives the last epoch has no MLflow value for (NaN ones).
+
+    Here both trials usually score every objective, so this mostly checks there is no
+    spurious tag; test_nan_objectives drives NaN results through the real callback."""
+    from mlflow.tracking import MlflowClient
+
+    from study.objectives import NAN_TAG
+
+    uri, _ = study
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    trials = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`apc.role` = 'trial'"
+    )
+    assert len(trials) == 2
+    for run in trials:
+        last = max(m.step for m in client.get_metric_history(run.info.run_id, "map"))
+        tagged = {line.split(":")[0] for line in run.data.tags.get(NAN_TAG, "").splitlines()}
+        for objective in ("map", "attr_auc", "params"):
+            history = client.get_metric_history(run.info.run_id, objective)
+            assert (objective in tagged) == (last not in {m.step for m in history})
