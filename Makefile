@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.matching_overhead
 	$(BIN)/python -m bench.metrics_throughput
+	$(BIN)/python -m bench.sweep_overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

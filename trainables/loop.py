@@ -8,12 +8,18 @@ its maps for matching), the student runs once, and the loss is
 then the method's ``after_step`` hook runs (e.g. unstructured pruning re-applies its masks).
 After each epoch the student is evaluated and ``report(epoch, metrics, state)`` is called with
 a state the caller can checkpoint and hand back as ``resume`` to continue from that epoch.
+
+Besides the metrics, each report carries ``time_train_s`` (the epoch's batches: forward,
+losses, backward, step, hooks) and ``time_eval_s`` (evaluation and size metrics), wall seconds.
+They are no canonical metric names, so the MLflow layer does not log them; they let
+``bench.sweep_overhead`` tell the work of a trial from what the sweep machinery costs around it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -115,6 +121,12 @@ Evaluator = Callable[[nn.Module, nn.Module | None], dict[str, float]]
 Reporter = Callable[[int, dict[str, float], TrainState], None]
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_student(
     student: nn.Module,
     teacher: nn.Module | None,
@@ -138,7 +150,8 @@ def train_student(
         config: optimisation settings, beta and the KD weights.
         matching: which attribution map is matched (kind ``none`` for plain compression).
         evaluate: ``evaluate(student, teacher) -> metrics`` after each epoch.
-        report: called after each epoch with (epoch, metrics, state to checkpoint).
+        report: called after each epoch with (epoch, metrics, state to checkpoint); the
+            metrics include ``time_train_s`` and ``time_eval_s`` (see the module docstring).
         hooks: method-specific additions.
         resume: a state from an earlier ``report`` to continue from.
         device: where to train.
@@ -176,6 +189,7 @@ def train_student(
         torch.manual_seed(config.seed * 1000 + epoch)  # same shuffles after a resume
         student.train()
         total, batches = 0.0, 0
+        train_started = time.perf_counter()
         for batch in train_loader:
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
@@ -204,12 +218,17 @@ def train_student(
             total += value
             batches += 1
         scheduler.step()
+        _synchronize(device)
+        eval_started = time.perf_counter()
         # "loss" is the training loss; an evaluator's own loss on held-out data is not kept.
         metrics = {
             **evaluate(student, teacher),
             **hooks.size_metrics(student),
             "loss": total / max(batches, 1),
         }
+        _synchronize(device)
+        metrics["time_train_s"] = eval_started - train_started
+        metrics["time_eval_s"] = time.perf_counter() - eval_started
         state = TrainState(
             epoch + 1,
             {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +128,22 @@ def test_adamw_optimizer_trains_and_resumes() -> None:
         report=lambda e, m, s: reports.append(s),
     )  # fmt: skip
     assert "exp_avg" in next(iter(reports[0].optimizer["state"].values()))
+
+
+def test_reports_carry_train_and_eval_seconds() -> None:
+    """The timing keys bench.sweep_overhead sums; evaluation time includes the evaluator's."""
+    teacher, student = _models()
+
+    def slow_eval(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
+        time.sleep(0.05)
+        return {"map": 0.0}
+
+    reports: list[dict[str, float]] = []
+    train_student(
+        student, teacher, _loader(), config=LoopConfig(epochs=2),
+        matching=MatchingConfig("none"), evaluate=slow_eval,
+        report=lambda e, m, s: reports.append(m),
+    )  # fmt: skip
+    for metrics in reports:
+        assert metrics["time_train_s"] > 0
+        assert metrics["time_eval_s"] >= 0.05
