@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from trainables.data.sample import ImageDataset
 from trainables.losses import (
     DEFAULT_KD_ALPHA,
     DEFAULT_KD_TEMPERATURE,
@@ -36,6 +37,7 @@ from trainables.losses import (
 )
 from trainables.matching import MatchingConfig, matching_loss, teacher_targets
 from trainables.models import forward_features, forward_head
+from trainables.teacher_cache import TeacherCache
 
 __all__ = [
     "CompressionHooks",
@@ -71,13 +73,19 @@ class Optimization:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """One fine-tuning run: epochs, optimiser settings, matching weight beta, seed."""
+    """One fine-tuning run: epochs, optimiser settings, matching weight beta, seed.
+
+    ``cache_teacher`` runs the teacher over the training set once and reuses its outputs every
+    epoch (:mod:`trainables.teacher_cache`) when the data set says its samples never change
+    (:attr:`trainables.data.ImageDataset.deterministic`, i.e. no random augmentation).
+    """
 
     epochs: int
     optimization: Optimization = field(default_factory=Optimization)
     beta: float = 0.0
     multi_label: bool = True
     seed: int = 0
+    cache_teacher: bool = True
 
 
 @dataclass
@@ -115,6 +123,19 @@ class TrainState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
         return cls(data["epoch"], data["model"], data["optimizer"], data["scheduler"])
+
+
+def _teacher_cache(
+    teacher: nn.Module, train_loader: DataLoader[Any], device: torch.device
+) -> TeacherCache | None:
+    """The teacher's outputs on ``train_loader``'s data set, in index order (None: too big)."""
+    dataset = train_loader.dataset
+    size = len(dataset)  # type: ignore[arg-type]
+    in_order = DataLoader(
+        dataset, batch_size=train_loader.batch_size or 1, shuffle=False,
+        num_workers=train_loader.num_workers,
+    )  # fmt: skip
+    return TeacherCache.build(teacher, in_order, size=size, device=device)
 
 
 Evaluator = Callable[[nn.Module, nn.Module | None], dict[str, float]]
@@ -185,6 +206,15 @@ def train_student(
         scheduler.load_state_dict(resume.scheduler)
         start = resume.epoch
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    cache = (
+        _teacher_cache(teacher, train_loader, device)
+        if teacher is not None
+        and config.cache_teacher
+        and start < config.epochs
+        and isinstance(train_loader.dataset, ImageDataset)
+        and train_loader.dataset.deterministic
+        else None
+    )
     for epoch in range(start, config.epochs):
         torch.manual_seed(config.seed * 1000 + epoch)  # same shuffles after a resume
         student.train()
@@ -198,7 +228,10 @@ def train_student(
             if teacher is None:
                 loss = task_loss(logits, labels, multi_label=config.multi_label)
             else:
-                targets = teacher_targets(teacher, images, labels, matching, generator=generator)
+                outputs = None if cache is None else cache.lookup(batch["index"])
+                targets = teacher_targets(
+                    teacher, images, labels, matching, generator=generator, outputs=outputs
+                )
                 loss = distillation_loss(
                     logits, targets.logits, labels, temperature=settings.kd_temperature,
                     alpha=settings.kd_alpha, multi_label=config.multi_label,

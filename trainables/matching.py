@@ -211,6 +211,7 @@ def teacher_targets(
     config: MatchingConfig,
     *,
     generator: torch.Generator | None = None,
+    outputs: tuple[Tensor, Tensor] | None = None,
 ) -> TeacherTargets:
     """Run the (frozen, eval-mode) teacher once: logits, matched features and maps.
 
@@ -222,11 +223,17 @@ def teacher_targets(
         labels: [B, num_classes] multi-hot, or None unless ``classes == 'positives'``.
         config: the matching configuration.
         generator: random source for SSWA's drop mask.
+        outputs: the teacher's matched-layer features [B, C, h, w] and logits [B, K] for
+            ``images`` when already known (:class:`trainables.teacher_cache.TeacherCache`);
+            the body is then not run at all.
     """
     if teacher.training:
         raise ValueError("teacher: must be in eval mode (call teacher.eval()); got train mode")
-    features = forward_features(teacher, images)
-    logits = forward_head(teacher, features)
+    if outputs is None:
+        features = forward_features(teacher, images)
+        logits = forward_head(teacher, features)
+    else:
+        features, logits = outputs
     classes, valid = select_classes(logits, labels, config)
     maps = None
     if config.kind != "none":

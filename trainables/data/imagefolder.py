@@ -123,6 +123,10 @@ class ImageFolderData(ImageDataset):
             )
 
     @property
+    def deterministic(self) -> bool:
+        return not self.transform.train
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return self._classes
 

@@ -68,6 +68,15 @@ class ImageDataset(Dataset[Sample], ABC):
     def image_size(self) -> int:
         """Side length of the square images in pixels."""
 
+    @property
+    def deterministic(self) -> bool:
+        """True when ``self[i]`` is the same every time (no random augmentation).
+
+        Lets the training loop cache a frozen teacher's outputs per sample; False (the safe
+        answer) unless a data set knows better.
+        """
+        return False
+
     @abstractmethod
     def __len__(self) -> int: ...
 

@@ -509,6 +509,10 @@ class ShapesDataset(ImageDataset):
     def image_size(self) -> int:
         return self._image_size
 
+    @property
+    def deterministic(self) -> bool:
+        return not self.augment
+
     def __len__(self) -> int:
         return self._size
 

@@ -131,6 +131,10 @@ class VOCMultiLabel(ImageDataset):
         self.ids: tuple[str, ...] = _read_ids(split_file)
 
     @property
+    def deterministic(self) -> bool:
+        return not self.transform.train
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return VOC_CLASSES
 
