@@ -217,6 +217,7 @@ def train_student(
     )
     for epoch in range(start, config.epochs):
         torch.manual_seed(config.seed * 1000 + epoch)  # same shuffles after a resume
+        generator.manual_seed(config.seed * 1000 + epoch)  # and the same SSWA drop masks
         student.train()
         total, batches = 0.0, 0
         train_started = time.perf_counter()

@@ -70,14 +70,20 @@ def test_reports_every_epoch_with_loss_size_and_eval_metrics() -> None:
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_resume_from_a_checkpoint_equals_an_uninterrupted_run() -> None:
+@pytest.mark.parametrize(
+    "matching",
+    [MatchingConfig(kind="swa"), MatchingConfig(kind="sswa", drop_p=0.3)],
+    ids=["swa", "sswa"],
+)
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(matching: MatchingConfig) -> None:
+    # SSWA's random drop masks too: the loop reseeds their generator every epoch.
     teacher, student = _models()
     start = copy.deepcopy(student.state_dict())
-    straight = _run(student, teacher, 2, MatchingConfig(kind="swa"))
+    straight = _run(student, teacher, 2, matching)
     student.load_state_dict(start)
-    first = _run(student, teacher, 2, MatchingConfig(kind="swa"))[:1]
+    first = _run(student, teacher, 2, matching)[:1]
     fresh = _models()[1]
-    resumed = _run(fresh, teacher, 2, MatchingConfig(kind="swa"), resume=first[0][2])
+    resumed = _run(fresh, teacher, 2, matching, resume=first[0][2])
     assert [r[0] for r in resumed] == [1]
     for key, value in straight[-1][2].model.items():
         torch.testing.assert_close(resumed[-1][2].model[key], value)
