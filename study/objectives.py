@@ -18,7 +18,8 @@ The policy, in one place so the searcher (``study.search``) and the MLflow layer
   Pareto front only through its other objectives, which is what "worst" should mean;
 * a result with none of the objectives (a trial stopped or failed before its first report)
   is told PRUNED, or FAIL when the trial errored: there is nothing to score;
-* MLflow keeps such a metric absent (only finite values are logged) and the trial's run gets
+* MLflow logs a NaN metric as NaN (so the latest value is never an earlier epoch's number and
+  ``apc pareto`` leaves the trial off the front, as the sampler does) and the trial's run gets
   the tag :data:`NAN_TAG` naming each such objective, why it has no value, and what the sampler
   was told.
 """

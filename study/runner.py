@@ -118,6 +118,8 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
                 scheduler=scheduler,
                 num_samples=spec.trials,
                 max_concurrent_trials=spec.max_concurrent,
+                # A fresh actor per trial re-imports torch, Ray and apc (about 6 s each).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=spec.name,

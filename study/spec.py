@@ -78,6 +78,7 @@ class TeacherSpec:
     epochs: int = 8
     lr: float = Optimization.lr
     pretrained: bool = False
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -252,24 +253,32 @@ def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
         for key, value in (("train_size", train_size), ("val_size", val_size)):
             if value is not None:
                 problems.append(f"dataset.{key}: applies only to shapes, got {value!r}")
-    options = s.get(
-        "options", {}, lambda v: None if isinstance(v, Mapping) else "must be a mapping"
-    )
-    if options:
+    options = _dataset_options(s, "options", "dataset.options", name, problems)
+    return DatasetSpec(name, image_size, root, train_size, val_size, options)
+
+
+def _dataset_options(
+    s: _Section, key: str, path: str, dataset: str, problems: list[str]
+) -> dict[str, Any]:
+    """A mapping of constructor options of ``dataset`` at ``path``, unknown names reported."""
+    options = s.get(key, {}, lambda v: None if isinstance(v, Mapping) else "must be a mapping")
+    if not isinstance(options, Mapping):
+        return {}
+    if options and dataset in DATASET_NAMES:
         from trainables.data.registry import dataset_options
 
-        accepted = set(dataset_options(name)) - {"root", "image_size", "size"}
-        for key in options:
-            if key not in accepted:
-                hint = _hint(str(key), sorted(accepted))
-                problems.append(f"dataset.options.{key}: unknown option of {name} ({hint})")
-    return DatasetSpec(name, image_size, root, train_size, val_size, dict(options))
+        accepted = set(dataset_options(dataset)) - {"root", "image_size", "size"}
+        for name in options:
+            if name not in accepted:
+                hint = _hint(str(name), sorted(accepted))
+                problems.append(f"{path}.{name}: unknown option of {dataset} ({hint})")
+    return dict(options)
 
 
-def _teacher(data: object, problems: list[str], base_dir: Path) -> TeacherSpec:
+def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) -> TeacherSpec:
     from trainables.models import ARCHITECTURES, WIDTH_DIVISORS
 
-    keys = ("arch", "width", "checkpoint", "epochs", "lr", "pretrained")
+    keys = ("arch", "width", "checkpoint", "epochs", "lr", "pretrained", "dataset_options")
     s = _Section(data, "teacher", problems, keys)
     default = TeacherSpec()
     checkpoint = s.get("checkpoint", None, _optional(_string))
@@ -288,6 +297,9 @@ def _teacher(data: object, problems: list[str], base_dir: Path) -> TeacherSpec:
         epochs=s.get("epochs", default.epochs, _integer(1)),
         lr=s.get("lr", default.lr, _number(0, math.inf, low_open=True)),
         pretrained=pretrained,
+        dataset_options=_dataset_options(
+            s, "dataset_options", "teacher.dataset_options", dataset, problems
+        ),
     )
 
 
@@ -383,11 +395,12 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         problems.append(
             f"enqueue: must not hold more entries than trials ({trials}), got {len(enqueue)}"
         )
+    dataset = _dataset(data.get("dataset"), problems, base)
     spec = Spec(
         name=name,
         seed=s.get("seed", 0, _integer(0)),
-        dataset=_dataset(data.get("dataset"), problems, base),
-        teacher=_teacher(data.get("teacher"), problems, base),
+        dataset=dataset,
+        teacher=_teacher(data.get("teacher"), problems, base, dataset.name),
         method=method,
         search_space=space,
         search_space_ref=reference,

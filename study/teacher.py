@@ -110,13 +110,20 @@ def _progress(epochs: int, started: float) -> Any:
 
 
 def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> TeacherResult:
-    """Load the spec's teacher checkpoint, or the cached teacher, or train one (with progress)."""
+    """Load the spec's teacher checkpoint, or the cached teacher, or train one (with progress).
+
+    The teacher trains on the study's data with ``teacher.dataset_options`` applied over
+    ``dataset.options`` (e.g. the broader, shortcut-free data a pretrained teacher has seen)
+    and is always evaluated on the study's own evaluation split, like every trial.
+    """
     setup = trial_setup(spec, num_classes=num_classes, epochs=spec.teacher.epochs)
     model = build_model(
         spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
         width_divisor=spec.teacher.width, pretrained=spec.teacher.pretrained,
     )  # fmt: skip
-    train_loader, eval_loader = make_loaders(setup)
+    _, eval_loader = make_loaders(setup)
+    teacher_data = {**setup.dataset_options, **spec.teacher.dataset_options}
+    train_loader, _ = make_loaders(replace(setup, dataset_options=teacher_data))
 
     evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
 

@@ -115,10 +115,15 @@ class StudyTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        # NaN is logged (an epoch whose metric is undefined says so, and a NaN final value
+        # keeps a trial off `apc pareto`'s front, as the sampler's worst value keeps it off
+        # Optuna's); infinities are no measurement and are dropped.
         batch = [
             Metric(key, float(value), now, step)
             for key, value in metrics.items()
-            if key in METRICS and isinstance(value, int | float) and math.isfinite(float(value))
+            if key in METRICS
+            and isinstance(value, int | float)
+            and (math.isfinite(float(value)) or math.isnan(float(value)))
         ]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
@@ -145,8 +150,8 @@ class StudyTracker:
     def trial_objectives(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
         """Tag the run with the objectives the sampler was told the worst value for, and why.
 
-        The metric itself stays absent (only finite values are logged); the tag says why it
-        is missing, with the policy of :mod:`study.objectives` that the searcher applies.
+        A NaN metric is logged as NaN (a missing one stays absent); the tag says why it has
+        no value, with the policy of :mod:`study.objectives` that the searcher applies.
         """
         run_id = self.trial_runs.get(trial_id)
         substitutes = sampler_substitutes(result, self.spec.objectives)

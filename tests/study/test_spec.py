@@ -137,6 +137,15 @@ def _problems(data: object) -> list[str]:
             {"name": "s", "dataset": {"options": {"context_prb": 0.5}}},
             "dataset.options.context_prb: unknown option of shapes (did you mean 'context_prob'?)",
         ),
+        (
+            {"name": "s", "teacher": {"dataset_options": {"contxt_prob": 0.0}}},
+            "teacher.dataset_options.contxt_prob: unknown option of shapes "
+            "(did you mean 'context_prob'?)",
+        ),
+        (
+            {"name": "s", "teacher": {"dataset_options": [0.0]}},
+            "teacher.dataset_options: must be a mapping, got [0.0]",
+        ),
     ],
 )
 def test_each_problem_names_key_rule_and_value(data: dict[str, object], expected: str) -> None:
@@ -223,3 +232,5 @@ def test_teacher_key_ignores_student_only_settings_and_tracks_teacher_ones() -> 
     assert teacher_key(parse_spec(teacher)) != teacher_key(base)
     batch = {**data, "training": {**data["training"], "batch_size": 7}}
     assert teacher_key(parse_spec(batch)) != teacher_key(base)
+    other_data = {**data, "teacher": {**data["teacher"], "dataset_options": {"noise_std": 0.1}}}
+    assert teacher_key(parse_spec(other_data)) != teacher_key(base)
