@@ -118,6 +118,12 @@ def _run(args: argparse.Namespace) -> int:
         "pareto", spec.name, "--tracking-uri", spec.tracking_uri, "--objectives", objectives,
         "--filter", f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
     ])  # fmt: skip
+    if spec.enqueue:
+        from analysis.effect import effect_table, render_effect_table
+
+        rows = effect_table(spec.tracking_uri, spec.name, parent_run_id=outcome.parent_run_id)
+        print("\nThe enqueued settings beside the teacher (last epoch):\n")
+        sys.stdout.write(render_effect_table(rows))
     print(f"\nbrowse it: apc ui --tracking-uri {spec.tracking_uri}")
     return 0
 

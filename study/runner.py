@@ -7,6 +7,7 @@ multi-objective over the spec's search space, enqueued settings first, optional 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
             teacher.metrics,
             {"arch": spec.teacher.arch, "width": str(spec.teacher.width),
              "weights": str(teacher.path), "cache_key": teacher.key},
+            weights=teacher.path,
         )  # fmt: skip
         setup = trial_setup(spec, num_classes=num_classes)
         ray_started = time.monotonic()
@@ -111,6 +113,9 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
             ),
             resources,
         )
+        # Every epoch checkpoints (num_to_keep=1), so with short epochs Tune snapshots its state
+        # every few seconds and warns each time; on local or shared storage that is cheap.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

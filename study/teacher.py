@@ -29,6 +29,7 @@ from trainables.trial import TrialSetup, make_evaluator, make_loaders
 __all__ = [
     "TeacherResult",
     "prepare_teacher",
+    "teacher_dataset_options",
     "teacher_key",
     "teacher_optimization",
     "trial_setup",
@@ -68,6 +69,7 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
         num_workers=spec.training.num_workers,
         threads=max(1, int(spec.resources_per_trial.cpu)),
         multi_label=spec.dataset.name != "imagefolder",
+        headline=tuple(spec.objectives),
         extra=dict(spec.method_options),
     )
 
@@ -75,6 +77,11 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
 def teacher_optimization(spec: Spec) -> Optimization:
     """The optimiser settings the teacher trains with: the study's, at the teacher's own lr."""
     return replace(spec.training.optimization, lr=spec.teacher.lr)
+
+
+def teacher_dataset_options(spec: Spec) -> dict[str, Any]:
+    """Options of the teacher's training data: ``teacher.dataset_options`` over the study's."""
+    return {**spec.dataset.options, **spec.teacher.dataset_options}
 
 
 def teacher_key(spec: Spec) -> str:
@@ -86,8 +93,16 @@ def teacher_key(spec: Spec) -> str:
     optimization = asdict(teacher_optimization(spec))
     for student_only in ("kd_temperature", "kd_alpha"):
         optimization.pop(student_only)
+    # The data the teacher trains on (not the evaluation split, which is measured afresh).
+    data = {
+        "name": spec.dataset.name,
+        "image_size": spec.dataset.image_size,
+        "root": spec.dataset.root,
+        "train_size": spec.dataset.train_size,
+        "options": teacher_dataset_options(spec),
+    }
     payload = {
-        "dataset": asdict(spec.dataset),
+        "dataset": data,
         "teacher": asdict(spec.teacher),
         "batch_size": spec.training.batch_size,
         "optimization": optimization,
@@ -117,12 +132,13 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
     and is always evaluated on the study's own evaluation split, like every trial.
     """
     setup = trial_setup(spec, num_classes=num_classes, epochs=spec.teacher.epochs)
+    torch.manual_seed(spec.seed)  # the initial weights too: a cache key must mean one teacher
     model = build_model(
         spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
         width_divisor=spec.teacher.width, pretrained=spec.teacher.pretrained,
     )  # fmt: skip
     _, eval_loader = make_loaders(setup)
-    teacher_data = {**setup.dataset_options, **spec.teacher.dataset_options}
+    teacher_data = {**setup.dataset_options, **teacher_dataset_options(spec)}
     train_loader, _ = make_loaders(replace(setup, dataset_options=teacher_data))
 
     evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)

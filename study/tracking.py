@@ -98,8 +98,18 @@ class StudyTracker:
         self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
         return self.parent_run_id
 
-    def log_teacher(self, metrics: Mapping[str, float], params: Mapping[str, str]) -> str:
-        """The teacher run, nested under the study, with its evaluation metrics."""
+    def log_teacher(
+        self,
+        metrics: Mapping[str, float],
+        params: Mapping[str, str],
+        *,
+        weights: Path | None = None,
+    ) -> str:
+        """The teacher run, nested under the study, with its evaluation metrics and weights.
+
+        ``weights`` (a state dict file) is logged as ``weights/<name>``, so the teacher a
+        study used can be fetched from MLflow alone.
+        """
         run = self.client.create_run(
             self.experiment_id,
             run_name="teacher",
@@ -108,6 +118,8 @@ class StudyTracker:
         for key, value in params.items():
             self.client.log_param(run.info.run_id, key, value)
         self._log_metrics(run.info.run_id, metrics, step=0)
+        if weights is not None:
+            self.client.log_artifact(run.info.run_id, str(weights), "weights")
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return str(run.info.run_id)
 

@@ -63,6 +63,8 @@ class TrialSetup:
         num_workers: DataLoader workers.
         threads: torch threads per trial (from the trial's CPU resources).
         extra: method-specific settings (the spec's ``method_options``, e.g. a pruning scheme).
+        headline: metrics reported first (the study's objectives), so Tune's status table,
+            which shows a trial's first few metrics, shows these.
     """
 
     dataset: str
@@ -81,6 +83,7 @@ class TrialSetup:
     threads: int = 1
     multi_label: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    headline: tuple[str, ...] = ()
 
 
 def image_size(setup: TrialSetup) -> int:
@@ -230,8 +233,10 @@ def run_tune_trial(
             torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
             if model is not None:
                 _export(model, setup, Path(folder) / MODEL_FILE)
+            first = {name: metrics[name] for name in setup.headline if name in metrics}
             tune.report(
-                {**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder)
+                {**first, **metrics, "epoch": epoch},
+                checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,9 @@ def test_mlflow_holds_parent_teacher_and_nested_trials(study: tuple[str, Path]) 
     assert parent.data.params["name"] == "tiny"
     assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     teacher = next(r for r in runs if r.data.tags["apc.role"] == "teacher")
+    weights = [a.path for a in client.list_artifacts(teacher.info.run_id, "weights")]
+    assert len(weights) == 1
+    assert weights[0].startswith("weights/teacher-")
     trials = [r for r in runs if r.data.tags["apc.role"] == "trial"]
     for run in [teacher, *trials]:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -73,7 +77,7 @@ def test_run_printed_the_pareto_front_and_refuses_an_existing_name(
 
 
 def test_objectives_missing_from_the_last_epoch_are_tagged(study: tuple[str, Path]) -> None:
-    """The tag names exactly the objectives the last epoch has no MLflow value for (NaN ones).
+    """The tag names exactly the objectives whose last epoch has no usable value (NaN or none).
 
     Here both trials usually score every objective, so this mostly checks there is no
     spurious tag; test_nan_objectives drives NaN results through the real callback."""
@@ -94,4 +98,32 @@ def test_objectives_missing_from_the_last_epoch_are_tagged(study: tuple[str, Pat
         tagged = {line.split(":")[0] for line in run.data.tags.get(NAN_TAG, "").splitlines()}
         for objective in ("map", "attr_auc", "params"):
             history = client.get_metric_history(run.info.run_id, objective)
-            assert (objective in tagged) == (last not in {m.step for m in history})
+            final = [m.value for m in history if m.step == last]
+            assert (objective in tagged) == (not final or math.isnan(final[-1]))
+
+
+def test_effect_table_puts_each_enqueued_setting_under_the_teacher(
+    study: tuple[str, Path],
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from analysis.effect import EFFECT_METRICS, effect_table, render_effect_table
+
+    uri, _ = study
+    rows = effect_table(uri, "tiny")
+    assert [r.setting for r in rows] == [
+        "teacher",
+        "matching=none, student_width=2",
+        "matching=sswa, beta=1.0, drop_p=0.3, student_width=2",
+    ]
+    client = MlflowClient(tracking_uri=uri)
+    for row in rows:
+        assert row.run_id is not None
+        run = client.get_run(row.run_id)
+        expected = {m: run.data.metrics[m] for m in EFFECT_METRICS if m in run.data.metrics}
+        assert dict(row.metrics) == pytest.approx(expected, nan_ok=True)
+    assert run.data.params["matching"] == "sswa"
+    assert "attr_cos" not in rows[0].metrics  # the teacher has no teacher to compare with
+    text = render_effect_table(rows)
+    assert text.splitlines()[0] == "| setting | map | attr_auc | point_acc | attr_cos | attr_l2 |"
+    assert text.splitlines()[2].startswith(f"| teacher | {rows[0].metrics['map']:.1f} |")

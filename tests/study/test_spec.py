@@ -234,3 +234,8 @@ def test_teacher_key_ignores_student_only_settings_and_tracks_teacher_ones() -> 
     assert teacher_key(parse_spec(batch)) != teacher_key(base)
     other_data = {**data, "teacher": {**data["teacher"], "dataset_options": {"noise_std": 0.1}}}
     assert teacher_key(parse_spec(other_data)) != teacher_key(base)
+    # The demo's teacher never sees the shortcut, so its strength on the task data and the
+    # evaluation split's size do not change the teacher.
+    options = {**data["dataset"]["options"], "context_prob": 0.9}
+    task = {**data, "dataset": {**data["dataset"], "options": options, "val_size": 9}}
+    assert teacher_key(parse_spec(task)) == teacher_key(base)
