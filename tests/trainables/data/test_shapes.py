@@ -201,11 +201,35 @@ def test_larger_images_and_fewer_classes() -> None:
         ({"object_scale": (0.5, 0.2)}, "object_scale: must satisfy"),
         ({"with_masks": "yes"}, "with_masks: must be true, false or null"),
         ({"augment": 1}, "augment: must be true or false, got 1"),
+        ({"shapes": ["circle", "blob"]}, r"shapes: must be at least two distinct names of"),
+        ({"shapes": ["circle", "circle"]}, r"shapes: must be at least two distinct names of"),
+        (
+            {"shapes": ["circle", "heart"], "num_classes": 3},
+            r"num_classes: must equal the number of shapes \(2\) when both are given, got 3",
+        ),
     ],
 )
 def test_invalid_options_name_the_rule_and_value(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ShapesDataset(**options)
+
+
+def test_shapes_by_name_draw_those_shapes_in_label_order() -> None:
+    # Areas in units of r^2 (exact for these three, far apart): equilateral triangle of
+    # circumradius 1, square of half-side 0.72, cross of two 0.56 x 1.8 bars.
+    areas = {"square": 1.44**2, "cross": 2 * 0.56 * 1.8 - 0.56**2, "triangle": 3**1.5 / 4}
+    order = ("square", "cross", "triangle")
+    ds = ShapesDataset(
+        "val", size=12, image_size=128, shapes=order, num_objects=(1, 1),
+        object_scale=(0.6, 0.8), num_strokes=(0, 0), num_distractors=(0, 0),
+    )  # fmt: skip
+    assert ds.classes == order
+    assert ds.num_classes == 3
+    for i in range(len(ds)):
+        obj = ds.render(i).objects[0]
+        assert int(ds[i]["labels"].argmax()) == obj.class_index
+        measured = obj.area / obj.radius**2
+        assert measured == pytest.approx(areas[order[obj.class_index]], rel=0.05)
 
 
 def test_lists_from_yaml_are_accepted_as_ranges() -> None:
