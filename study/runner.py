@@ -65,7 +65,7 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
     import ray
     from ray import tune
 
-    from study.search import NanSafeOptunaSearch
+    from study.search import DistinctOptunaSearch
     from trainables.registry import get_trainable
 
     started = time.monotonic()
@@ -92,7 +92,7 @@ def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
             started_ray = True
         ray_init_seconds = time.monotonic() - ray_started
         objectives = list(spec.objectives)
-        searcher = NanSafeOptunaSearch(
+        searcher = DistinctOptunaSearch(
             space=spec.search_space.define_by_run,
             metric=objectives,
             mode=[spec.objectives[m] for m in objectives],

@@ -12,6 +12,7 @@ nothing was measured, the bookkeeping of finished trials).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.objectives import sampler_substitutes
 from trainables.metric_names import Direction
 
-__all__ = ["NanSafeOptunaSearch"]
+__all__ = ["DistinctOptunaSearch", "NanSafeOptunaSearch"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,72 @@ class NanSafeOptunaSearch(OptunaSearch):
             logger.info("trial %s: objectives without a usable value, told: %s", trial_id, told)
             result = {**result, **{name: sub.value for name, sub in substitutes.items()}}
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class DistinctOptunaSearch(NanSafeOptunaSearch):
+    """``NanSafeOptunaSearch`` that does not spend a trial on a configuration it has run.
+
+    Why: on small discrete spaces (``matching: none`` has only ``student_width`` left) NSGA-II's
+    crossover and mutation often hand back a parent exactly; the demo lost two or three of its
+    twelve trials to repeats. A repeat of a finished trial is told the earlier trial's values
+    at once (the sampler learns nothing new, which is the truth, and moves on), a repeat of a
+    trial still running is told FAIL, and Optuna is asked again, up to ``max_retries`` times;
+    after that the repeat runs (the space may be exhausted).
+    """
+
+    def __init__(self, *args: Any, max_retries: int = 20, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if max_retries < 0:
+            raise ValueError(f"max_retries: must be an integer >= 0, got {max_retries}")
+        self.max_retries = max_retries
+        self._finished_values: dict[str, list[float]] = {}
+        self._running: dict[str, str] = {}  # configuration key -> trial id
+
+    @property
+    def _study(self) -> Any:
+        """Ray's Optuna study (set up once metric, mode and space are known)."""
+        if self._ot_study is None:
+            raise RuntimeError("the Optuna study is not set up yet (no search space given)")
+        return self._ot_study
+
+    @staticmethod
+    def _key(params: dict[str, Any]) -> str:
+        return json.dumps(params, sort_keys=True, default=str)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        from optuna.trial import TrialState
+
+        config = super().suggest(trial_id)
+        for _ in range(self.max_retries):
+            if not isinstance(config, dict):
+                return config
+            key = self._key(self._ot_trials[trial_id].params)
+            earlier = self._finished_values.get(key)
+            if earlier is None and key not in self._running:
+                break
+            repeat = self._ot_trials.pop(trial_id)
+            if earlier is not None:
+                self._study.tell(repeat, earlier)
+            else:
+                self._study.tell(repeat, state=TrialState.FAIL)
+            logger.info("trial %s: skipped a repeat of %s", trial_id, key)
+            config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._running[self._key(self._ot_trials[trial_id].params)] = trial_id
+        return config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        from optuna.trial import TrialState
+
+        ot_trial = self._ot_trials.get(trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
+        if ot_trial is None:
+            return
+        key = self._key(ot_trial.params)
+        if self._running.get(key) == trial_id:
+            del self._running[key]
+        frozen = self._study.trials[ot_trial.number]
+        if frozen.state == TrialState.COMPLETE and frozen.values is not None:
+            self._finished_values[key] = list(frozen.values)
