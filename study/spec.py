@@ -275,6 +275,40 @@ def _dataset_options(
     return dict(options)
 
 
+def _generated_data_problems(dataset: DatasetSpec, teacher: TeacherSpec) -> list[str]:
+    """Value problems of the generated shapes data's options, found by building it.
+
+    Building a ``ShapesDataset`` checks every option and draws nothing, so a value it would
+    refuse mid-study (``context_prob: 2``, ``image_size: 16``) is reported here instead.
+    Unknown option names are reported apart (``_dataset_options``) and skipped here.
+    """
+    if dataset.name != "shapes" or isinstance(dataset.image_size, bool):
+        return []
+    if not isinstance(dataset.image_size, int) or dataset.image_size < 7:
+        return []  # already reported
+    from trainables.data.registry import dataset_options
+    from trainables.data.shapes import ShapesDataset
+
+    accepted = set(dataset_options("shapes"))
+
+    def problem(path: str, options: Mapping[str, Any]) -> str | None:
+        known = {k: v for k, v in options.items() if k in accepted}
+        try:
+            ShapesDataset("val", size=1, image_size=dataset.image_size, **known)
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            return f"{'dataset' if message.startswith('image_size') else path}.{message}"
+        return None
+
+    found = [problem("dataset.options", dataset.options)]
+    if teacher.dataset_options:
+        found.append(problem("teacher.dataset_options", teacher.dataset_options))
+        if not any(found):  # each valid alone; the teacher's over the study's may still clash
+            merged = {**dataset.options, **teacher.dataset_options}
+            found.append(problem("teacher.dataset_options", merged))
+    return [p for p in dict.fromkeys(found) if p is not None]
+
+
 def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) -> TeacherSpec:
     from trainables.models import ARCHITECTURES, WIDTH_DIVISORS
 
@@ -396,11 +430,13 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
             f"enqueue: must not hold more entries than trials ({trials}), got {len(enqueue)}"
         )
     dataset = _dataset(data.get("dataset"), problems, base)
+    teacher = _teacher(data.get("teacher"), problems, base, dataset.name)
+    problems.extend(_generated_data_problems(dataset, teacher))
     spec = Spec(
         name=name,
         seed=s.get("seed", 0, _integer(0)),
         dataset=dataset,
-        teacher=_teacher(data.get("teacher"), problems, base, dataset.name),
+        teacher=teacher,
         method=method,
         search_space=space,
         search_space_ref=reference,

@@ -146,6 +146,26 @@ def _problems(data: object) -> list[str]:
             {"name": "s", "teacher": {"dataset_options": [0.0]}},
             "teacher.dataset_options: must be a mapping, got [0.0]",
         ),
+        (
+            {"name": "s", "dataset": {"options": {"context_prob": 2.0}}},
+            "dataset.options.context_prob: must be a number in [0.0, 1.0], got 2.0",
+        ),
+        (
+            {"name": "s", "dataset": {"image_size": 16}},
+            "dataset.image_size: must be an integer >= 32, got 16",
+        ),
+        (
+            {"name": "s", "teacher": {"dataset_options": {"num_objects": [0, 9]}}},
+            "teacher.dataset_options.num_objects: must satisfy 1 <= min <= max <= 10, got [0, 9]",
+        ),
+        (
+            {
+                "name": "s",
+                "dataset": {"options": {"num_classes": 3}},
+                "teacher": {"dataset_options": {"num_objects": [1, 5]}},
+            },
+            "teacher.dataset_options.num_objects: must satisfy 1 <= min <= max <= 3, got [1, 5]",
+        ),
     ],
 )
 def test_each_problem_names_key_rule_and_value(data: dict[str, object], expected: str) -> None:
