@@ -97,13 +97,10 @@ def render_effect_table(rows: Sequence[EffectRow]) -> str:
     """``rows`` as a Markdown table; a metric a run lacks (or NaN) shows as ``-``."""
 
     def cell(value: float | None) -> str:
-        return (
-            "-"
-            if value is None or math.isnan(value)
-            else f"{value:.3g}"
-            if value < 2
-            else f"{value:.1f}"
-        )
+        if value is None or math.isnan(value):
+            return "-"
+        # Percentages with one decimal; the map distances and similarities (< 2) with 3 digits.
+        return f"{value:.1f}" if value >= 2 else f"{value:.3g}"
 
     lines = [
         "| setting | " + " | ".join(EFFECT_METRICS) + " |",

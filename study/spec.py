@@ -282,10 +282,9 @@ def _generated_data_problems(dataset: DatasetSpec, teacher: TeacherSpec) -> list
     refuse mid-study (``context_prob: 2``, ``image_size: 16``) is reported here instead.
     Unknown option names are reported apart (``_dataset_options``) and skipped here.
     """
-    if dataset.name != "shapes" or isinstance(dataset.image_size, bool):
-        return []
-    if not isinstance(dataset.image_size, int) or dataset.image_size < 7:
-        return []  # already reported
+    size = dataset.image_size
+    if dataset.name != "shapes" or isinstance(size, bool) or not isinstance(size, int) or size < 7:
+        return []  # not shapes, or the size is already reported
     from trainables.data.registry import dataset_options
     from trainables.data.shapes import ShapesDataset
 

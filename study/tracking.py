@@ -133,9 +133,7 @@ class StudyTracker:
         batch = [
             Metric(key, float(value), now, step)
             for key, value in metrics.items()
-            if key in METRICS
-            and isinstance(value, int | float)
-            and (math.isfinite(float(value)) or math.isnan(float(value)))
+            if key in METRICS and isinstance(value, int | float) and not math.isinf(float(value))
         ]
         if batch:
             self.client.log_batch(run_id, metrics=batch)

@@ -73,8 +73,9 @@ class TeacherCache:
                     return None
                 features = batch_features.new_empty((size, *batch_features.shape[1:]))
                 logits = batch_logits.new_empty((size, *batch_logits.shape[1:]))
-            features[index.to(device)] = batch_features
-            logits[index.to(device)] = batch_logits
+            rows = index.to(device)
+            features[rows] = batch_features
+            logits[rows] = batch_logits
             filled[index] = True
         if features is None or logits is None:
             return None
