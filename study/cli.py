@@ -10,8 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainables._version import __version__
+
+if TYPE_CHECKING:
+    from study.runner import StudyOutcome
+    from study.spec import Spec
 
 __all__ = ["main"]
 
@@ -98,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(f"apc run: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    from study.runner import run_study
+    from study.runner import effective_spec_text, run_study
     from study.tracking import study_exists
 
     if study_exists(spec.tracking_uri, spec.name):
@@ -108,17 +113,39 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    outcome = run_study(spec, spec_text=text)
+    assert isinstance(data, dict)  # parse_spec accepted it
+    effective = effective_spec_text(data, base_dir=path.parent)
+    outcome = run_study(spec, spec_text=text, effective_text=effective)
+    return _finish(spec, outcome)
+
+
+def _finish(spec: Spec, outcome: StudyOutcome) -> int:
+    """What ``apc run`` and ``apc resume`` print at the end: counts, the Pareto table, the
+    enqueued settings beside the teacher, how to resume or browse."""
     print(
         f"\nstudy {spec.name!r}: {outcome.trials} trials ({outcome.failed} failed) in "
         f"{outcome.seconds / 60:.1f} min; MLflow parent run {outcome.parent_run_id}\n"
     )
+    if outcome.unlogged:
+        print(
+            f"apc: MLflow at {spec.tracking_uri} could not be reached: {outcome.unlogged} records "
+            f"are kept in {outcome.spool}; `apc resume {spec.name} --tracking-uri "
+            f"{spec.tracking_uri}` delivers them once it is back",
+            file=sys.stderr,
+        )
+    if not outcome.complete:
+        print(
+            f"apc: study {spec.name!r} stopped before all its trials ended; finish it with "
+            f"`apc resume {spec.name} --tracking-uri {spec.tracking_uri}`",
+            file=sys.stderr,
+        )
+        return 1
     objectives = ",".join(f"{m}:{d}" for m, d in spec.objectives.items())
     main([
         "pareto", spec.name, "--tracking-uri", spec.tracking_uri, "--objectives", objectives,
         "--filter", f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
     ])  # fmt: skip
-    if spec.enqueue:
+    if spec.enqueue and not outcome.unlogged:
         from analysis.effect import effect_table, render_effect_table
 
         rows = effect_table(spec.tracking_uri, spec.name, parent_run_id=outcome.parent_run_id)
@@ -126,6 +153,18 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_effect_table(rows))
     print(f"\nbrowse it: apc ui --tracking-uri {spec.tracking_uri}")
     return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from study.runner import ResumeError, resume_study
+
+    try:
+        spec, outcome = resume_study(args.name, tracking_uri=args.tracking_uri)
+    except ResumeError as error:
+        for problem in error.problems:
+            print(f"apc resume: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return _finish(spec, outcome)
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -277,6 +316,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a spec key, e.g. --set dataset.image_size=64 (repeatable)",
     )  # fmt: skip
     run.set_defaults(handler=_run)
+    resume = commands.add_parser(
+        "resume", help="finish an interrupted study without repeating its finished trials"
+    )
+    resume.add_argument("name", metavar="NAME", help="the study's name (its MLflow experiment)")
+    resume.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
+    resume.set_defaults(handler=_resume)
     ui = commands.add_parser("ui", help="the MLflow UI over the study store (127.0.0.1)")
     ui.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")

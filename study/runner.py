@@ -3,21 +3,42 @@
 spec -> teacher (trained or cached) -> Tuner(the method's trainable, OptunaSearch
 multi-objective over the spec's search space, enqueued settings first, optional ASHA)
 -> MLflow parent / teacher / trial runs -> Pareto table
+
+:func:`resume_study` finishes a study whose driver died: it reads the spec the study ran with
+from its MLflow parent run, restores Tune's experiment (``Tuner.restore``: finished trials stay
+finished, unfinished ones continue from their last checkpoint, and the Optuna searcher comes
+back with its state) and keeps logging into the same runs.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.spec import Spec
-from study.teacher import prepare_teacher, trial_setup
-from study.tracking import StudyTracker, tune_callback
+import yaml
 
-__all__ = ["StudyOutcome", "run_study"]
+from study.spec import Spec, SpecError, parse_spec
+from study.teacher import TeacherResult, prepare_teacher, trial_setup
+from study.tracking import EFFECTIVE_SPEC_FILE, StudyTracker, find_study, tune_callback
+
+__all__ = [
+    "ResumeError",
+    "StudyOutcome",
+    "effective_spec_text",
+    "resume_study",
+    "run_study",
+    "tune_storage",
+]
+
+#: The spool of MLflow records a study could not deliver, in its local folder.
+PENDING_FILE = "mlflow-pending.jsonl"
+#: How long the end of a study waits for an unreachable tracking server.
+FLUSH_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +49,9 @@ class StudyOutcome:
     and evaluating it), ``ray_init_seconds`` starting local Ray (0 when it was running) and
     ``tune_seconds`` ``Tuner.fit``, i.e. the trials and everything Tune does around them
     (``bench.sweep_overhead`` compares it with the trials' own training and evaluation time).
+    ``complete`` is False when Tune stopped before every trial ended (e.g. Ctrl-C): the study
+    can be finished with ``apc resume``. ``unlogged`` records could not reach MLflow and wait
+    in ``spool`` for ``apc resume``.
     """
 
     parent_run_id: str
@@ -37,6 +61,9 @@ class StudyOutcome:
     teacher_seconds: float = 0.0
     ray_init_seconds: float = 0.0
     tune_seconds: float = 0.0
+    complete: bool = True
+    unlogged: int = 0
+    spool: Path | None = None
 
 
 def _sampler(spec: Spec) -> Any:
@@ -60,91 +87,265 @@ def _num_classes(spec: Spec) -> int:
     ).num_classes
 
 
-def run_study(spec: Spec, *, spec_text: str) -> StudyOutcome:
-    """Run ``spec`` to completion; returns where its results are."""
+class ResumeError(Exception):
+    """``apc resume`` cannot continue the study: one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def tune_storage(storage_path: str) -> tuple[str, Path]:
+    """Tune's storage (a local folder made absolute, or a ``scheme://`` URI as given) and the
+    local folder for the teacher cache and MLflow spools (``~/.cache/apc`` for a URI)."""
+    if "://" in storage_path:
+        return storage_path, Path("~/.cache/apc").expanduser()
+    local = Path(storage_path).expanduser().resolve()
+    return str(local), local
+
+
+def effective_spec_text(data: Mapping[str, object], *, base_dir: Path) -> str:
+    """The spec as a study runs it, for ``apc resume``: ``data`` with overrides applied and
+    every path made absolute (the data set root, the teacher checkpoint, a search space file
+    and the local storage folder), so it means the same from any working directory."""
+    effective: dict[str, object] = copy.deepcopy(dict(data))
+
+    def absolute(section: object, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            path = (base_dir / str(section[key])).expanduser()
+            if path.exists():
+                section[key] = str(path.resolve())
+
+    absolute(effective.get("dataset"), "root")
+    absolute(effective.get("teacher"), "checkpoint")
+    absolute(effective, "search_space")
+    effective["storage_path"] = tune_storage(str(effective.get("storage_path", "apc_results")))[0]
+    return yaml.safe_dump(effective, sort_keys=False)
+
+
+def _prepare(spec: Spec, local: Path) -> tuple[TeacherResult, float, Any]:
+    num_classes = _num_classes(spec)
+    started = time.monotonic()
+    teacher = prepare_teacher(spec, num_classes=num_classes, cache_dir=local / "teachers")
+    return teacher, time.monotonic() - started, trial_setup(spec, num_classes=num_classes)
+
+
+def _log_teacher(tracker: StudyTracker, spec: Spec, teacher: TeacherResult) -> str:
+    params = {"arch": spec.teacher.arch, "width": str(spec.teacher.width),
+              "weights": str(teacher.path), "cache_key": teacher.key}  # fmt: skip
+    return tracker.log_teacher(teacher.metrics, params, weights=teacher.path)
+
+
+def _start_ray(spec: Spec) -> tuple[bool, float]:
     import ray
+
+    started = time.monotonic()
+    if ray.is_initialized():
+        return False, 0.0
+    # `ray job submit` sets RAY_ADDRESS for its driver; ray.init(address=None) then joins
+    # that cluster, as it joins a cluster given by --ray-address.
+    ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=True)
+    return True, time.monotonic() - started
+
+
+def _trainable(spec: Spec, setup: Any, teacher: TeacherResult) -> Any:
+    from ray import tune
+
+    from trainables.registry import get_trainable
+
+    resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
+    return tune.with_resources(
+        tune.with_parameters(get_trainable(spec.method), setup=setup, teacher_state=teacher.state),
+        resources,
+    )
+
+
+def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
     from ray import tune
 
     from study.search import DistinctOptunaSearch
-    from trainables.registry import get_trainable
+
+    objectives = list(spec.objectives)
+    searcher = DistinctOptunaSearch(
+        space=spec.search_space.define_by_run,
+        metric=objectives,
+        mode=[spec.objectives[m] for m in objectives],
+        points_to_evaluate=[dict(p) for p in spec.enqueue] or None,
+        sampler=_sampler(spec),
+    )
+    scheduler = None
+    if spec.scheduler is not None:
+        scheduler = tune.schedulers.ASHAScheduler(
+            metric=spec.scheduler.metric, mode=spec.scheduler.mode, max_t=spec.epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )  # fmt: skip
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.trials,
+            max_concurrent_trials=spec.max_concurrent,
+            # A fresh actor per trial re-imports torch, Ray and apc (about 6 s each).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage,
+            callbacks=[callback],
+            # A trial whose worker or node dies restarts from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def _driver_environment() -> None:
+    # Every epoch checkpoints (num_to_keep=1), so with short epochs Tune snapshots its state
+    # every few seconds and warns each time; on local or shared storage that is cheap.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow retries a failed request for minutes by default; the log queue retries on its own
+    # (study.log_queue), so a request gives up sooner and the queue keeps its order.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def _fit(
+    spec: Spec, tracker: StudyTracker, tuner: Any, *, started: float, teacher_seconds: float,
+    ray_init_seconds: float,
+) -> StudyOutcome:  # fmt: skip
+    tune_started = time.monotonic()
+    grid = tuner.fit()
+    tune_seconds = time.monotonic() - tune_started
+    complete = grid.num_terminated + grid.num_errors >= spec.trials
+    unlogged = tracker.close(status="FINISHED" if complete else "KILLED", timeout_s=FLUSH_TIMEOUT_S)
+    return StudyOutcome(
+        tracker.parent_run_id, len(grid), grid.num_errors, time.monotonic() - started,
+        teacher_seconds=teacher_seconds, ray_init_seconds=ray_init_seconds,
+        tune_seconds=tune_seconds, complete=complete, unlogged=unlogged,
+        spool=tracker.spool if unlogged else None,
+    )  # fmt: skip
+
+
+def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyOutcome:
+    """Run ``spec`` to completion; returns where its results are.
+
+    ``spec_text`` is the spec file as written; ``effective_text`` the spec as run
+    (:func:`effective_spec_text`), which ``apc resume`` needs (default: ``spec_text``).
+    """
+    import ray
 
     started = time.monotonic()
-    storage = Path(spec.storage_path).expanduser().resolve()
-    tracker = StudyTracker(spec.tracking_uri, spec)
-    parent = tracker.start_study(spec_text)
-    failed = True
+    _driver_environment()
+    storage, local = tune_storage(spec.storage_path)
+    tracker = StudyTracker(
+        spec.tracking_uri, name=spec.name, objectives=spec.objectives,
+        spool=local / spec.name / PENDING_FILE,
+    )  # fmt: skip
+    tracker.start_study(spec, spec_text, effective_text or spec_text)
     started_ray = False
     try:
-        num_classes = _num_classes(spec)
-        teacher_started = time.monotonic()
-        teacher = prepare_teacher(spec, num_classes=num_classes, cache_dir=storage / "teachers")
-        teacher_seconds = time.monotonic() - teacher_started
-        teacher_run = tracker.log_teacher(
-            teacher.metrics,
-            {"arch": spec.teacher.arch, "width": str(spec.teacher.width),
-             "weights": str(teacher.path), "cache_key": teacher.key},
-            weights=teacher.path,
-        )  # fmt: skip
-        setup = trial_setup(spec, num_classes=num_classes)
-        ray_started = time.monotonic()
-        if not ray.is_initialized():
-            ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=True)
-            started_ray = True
-        ray_init_seconds = time.monotonic() - ray_started
-        objectives = list(spec.objectives)
-        searcher = DistinctOptunaSearch(
-            space=spec.search_space.define_by_run,
-            metric=objectives,
-            mode=[spec.objectives[m] for m in objectives],
-            points_to_evaluate=[dict(p) for p in spec.enqueue] or None,
-            sampler=_sampler(spec),
-        )
-        scheduler = None
-        if spec.scheduler is not None:
-            scheduler = tune.schedulers.ASHAScheduler(
-                metric=spec.scheduler.metric, mode=spec.scheduler.mode, max_t=spec.epochs,
-                grace_period=spec.scheduler.grace_period,
-                reduction_factor=spec.scheduler.reduction_factor,
-            )  # fmt: skip
-        resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                get_trainable(spec.method), setup=setup, teacher_state=teacher.state
-            ),
-            resources,
-        )
-        # Every epoch checkpoints (num_to_keep=1), so with short epochs Tune snapshots its state
-        # every few seconds and warns each time; on local or shared storage that is cheap.
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=spec.trials,
-                max_concurrent_trials=spec.max_concurrent,
-                # A fresh actor per trial re-imports torch, Ray and apc (about 6 s each).
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=str(storage),
-                callbacks=[tune_callback(tracker, method=spec.method, teacher_run_id=teacher_run)],
-                failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
-            ),
-        )
-        tune_started = time.monotonic()
-        grid = tuner.fit()
-        tune_seconds = time.monotonic() - tune_started
-        failed = False
-        return StudyOutcome(
-            parent, len(grid), grid.num_errors, time.monotonic() - started,
-            teacher_seconds=teacher_seconds, ray_init_seconds=ray_init_seconds,
-            tune_seconds=tune_seconds,
-        )  # fmt: skip
+        teacher, teacher_seconds, setup = _prepare(spec, local)
+        teacher_run = _log_teacher(tracker, spec, teacher)
+        started_ray, ray_init_seconds = _start_ray(spec)
+        callback = tune_callback(tracker, method=spec.method, teacher_run_id=teacher_run)
+        tuner = _tuner(spec, _trainable(spec, setup, teacher), storage, callback)
+        return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
+                    ray_init_seconds=ray_init_seconds)  # fmt: skip
+    except BaseException:
+        tracker.close(status="FAILED", timeout_s=10.0)
+        raise
     finally:
-        tracker.end_study(failed=failed)
+        if started_ray:
+            ray.shutdown()
+
+
+def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
+    """The spec study ``name`` ran with (from its parent run) and that run's id.
+
+    Raises:
+        ResumeError: no such study, it is finished, or its spec cannot be read.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run = find_study(tracking_uri, name)
+    if run is None:
+        raise ResumeError([f"name: no study {name!r} in {tracking_uri}"])
+    parent = str(run.info.run_id)
+    try:
+        text = MlflowClient(tracking_uri=tracking_uri).download_artifacts(
+            parent, EFFECTIVE_SPEC_FILE
+        )
+        data = yaml.safe_load(Path(text).read_text("utf-8"))
+    except (MlflowException, OSError, yaml.YAMLError) as error:
+        raise ResumeError([
+            f"name: study {name!r} (run {parent}) has no readable {EFFECTIVE_SPEC_FILE} "
+            f"to resume from ({error})"
+        ]) from None  # fmt: skip
+    if isinstance(data, dict):
+        data["tracking_uri"] = tracking_uri  # where it was found, whatever the spec said
+    try:
+        spec = parse_spec(data)
+    except SpecError as error:
+        raise ResumeError([f"{EFFECTIVE_SPEC_FILE}: {p}" for p in error.problems]) from None
+    spool = tune_storage(spec.storage_path)[1] / spec.name / PENDING_FILE
+    if run.info.status == "FINISHED" and not spool.is_file():
+        raise ResumeError([f"name: study {name!r} is finished (run {parent}); nothing to resume"])
+    return spec, parent
+
+
+def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
+    """Finish the interrupted study ``name`` recorded in ``tracking_uri``.
+
+    Finished trials are not run again; trials that were running continue from their last
+    checkpoints; the searcher continues with its state; records an earlier run could not
+    deliver to MLflow are delivered first.
+
+    Raises:
+        ResumeError: see :func:`load_study_spec`, or Tune has no state to restore.
+    """
+    import ray
+    from ray import tune
+
+    started = time.monotonic()
+    spec, parent = load_study_spec(name, tracking_uri=tracking_uri)
+    storage, local = tune_storage(spec.storage_path)
+    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    if not tune.Tuner.can_restore(experiment):
+        raise ResumeError([
+            f"name: study {name!r} has no Tune state in {experiment} to resume (its driver "
+            "stopped before the trials started, or the storage path moved); run it again "
+            "under a new --name"
+        ])  # fmt: skip
+    _driver_environment()
+    tracker = StudyTracker(
+        tracking_uri, name=spec.name, objectives=spec.objectives,
+        spool=local / spec.name / PENDING_FILE,
+    )  # fmt: skip
+    replayed = tracker.attach(parent)
+    if replayed:
+        print(f"apc resume: delivering {replayed} MLflow records kept from before")
+    started_ray = False
+    try:
+        teacher, teacher_seconds, setup = _prepare(spec, local)
+        if tracker.teacher_run() is None:  # the driver died during the teacher stage
+            _log_teacher(tracker, spec, teacher)
+        started_ray, ray_init_seconds = _start_ray(spec)
+        _driver_environment()
+        tuner = tune.Tuner.restore(
+            experiment, trainable=_trainable(spec, setup, teacher),
+            resume_unfinished=True, resume_errored=False, restart_errored=False,
+        )  # fmt: skip
+        outcome = _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
+                       ray_init_seconds=ray_init_seconds)  # fmt: skip
+        return spec, outcome
+    except BaseException:
+        tracker.close(status="FAILED", timeout_s=10.0)
+        raise
+    finally:
         if started_ray:
             ray.shutdown()

@@ -5,27 +5,46 @@ an artifact; a teacher run (``apc.role=teacher``) and one run per trial (``apc.r
 both nested under the parent through ``mlflow.parentRunId``. Trials never talk to MLflow: the
 driver's Tune callback logs their per-epoch results (step = epoch), so workers need no access
 to the tracking server and a trial restarted from a checkpoint keeps its one run.
+
+The study's own runs are written synchronously when it starts (the server was just found
+reachable); everything the trials produce goes through a :class:`~study.log_queue.LogQueue`,
+so a tracking server that is briefly down delays their records instead of stalling Tune.
+A resumed study (``apc resume``) finds its trial runs again by their ``apc.trial_id`` tag.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from study.log_queue import LogQueue, Record
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text
 from study.spec import Spec
 from trainables.export import MODEL_FILE
-from trainables.metric_names import METRICS
+from trainables.metric_names import METRICS, Direction
 
-__all__ = ["ROLE_TAG", "StudyTracker", "study_exists", "trial_params"]
+__all__ = [
+    "EFFECTIVE_SPEC_FILE",
+    "ROLE_TAG",
+    "StudyTracker",
+    "find_study",
+    "study_exists",
+    "trial_params",
+]
 
 ROLE_TAG = "apc.role"
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "apc.trial_id"
+NODES_TAG = "apc.node_ids"
+FAILURE_TAG = "apc.failure"
+#: The spec as the study ran it (overrides applied, paths absolute): what ``apc resume`` reads.
+EFFECTIVE_SPEC_FILE = "spec.effective.yaml"
 SEARCHED_PARAMS = ("matching", "beta", "drop_p", "prune_rate", "student_width")
 
 
@@ -46,57 +65,116 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
 
 
-def study_exists(tracking_uri: str, name: str) -> bool:
-    """Whether ``name`` already has a study run in the store (a missing SQLite file: no)."""
-    if tracking_uri.startswith("sqlite:///"):
-        from pathlib import Path
-
-        if not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-            return False  # and asking would create the store before anything ran
+def find_study(tracking_uri: str, name: str) -> Any | None:
+    """The newest study run (``apc.role=study``) of ``name``, or None (a missing SQLite file:
+    None, without creating the store)."""
+    if (
+        tracking_uri.startswith("sqlite:///")
+        and not Path(tracking_uri.removeprefix("sqlite:///")).exists()
+    ):
+        return None
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return False
+        return None
     runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+        [experiment.experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
-    return len(runs) > 0
+    return runs[0] if runs else None
+
+
+def study_exists(tracking_uri: str, name: str) -> bool:
+    """Whether ``name`` already has a study run in the store (a missing SQLite file: no)."""
+    return find_study(tracking_uri, name) is not None
 
 
 class StudyTracker:
-    """Creates and fills a study's MLflow runs through one ``MlflowClient``."""
+    """Creates and fills a study's MLflow runs through one ``MlflowClient``.
 
-    def __init__(self, tracking_uri: str, spec: Spec) -> None:
+    Args:
+        tracking_uri: the MLflow store.
+        name: the study (its experiment).
+        objectives: metric -> "min" | "max", for the NaN-objective tag.
+        spool: where records still pending at :meth:`close` are kept (JSON lines).
+    """
+
+    def __init__(
+        self, tracking_uri: str, *, name: str, objectives: Mapping[str, Direction], spool: Path
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
-        self.spec = spec
-        experiment = self.client.get_experiment_by_name(spec.name)
+        self.name = name
+        self.objectives = dict(objectives)
+        experiment = self.client.get_experiment_by_name(name)
         self.experiment_id = (
             experiment.experiment_id
             if experiment is not None
-            else self.client.create_experiment(spec.name)
+            else self.client.create_experiment(name)
         )
         self.parent_run_id = ""
+        #: trial id -> run id, filled by the log thread (read it after :meth:`flush`).
         self.trial_runs: dict[str, str] = {}
+        self._nodes: dict[str, list[str]] = {}
+        self._queue = LogQueue(self._apply, spool=spool)
 
-    def start_study(self, spec_text: str) -> str:
-        """Create the parent run, log the spec as params and as ``spec.yaml``."""
+    # The study's own runs: written at once.
+
+    def start_study(self, spec: Spec, spec_text: str, effective_text: str) -> str:
+        """Create the parent run; log the spec as params, ``spec.yaml`` (the file as written)
+        and ``spec.effective.yaml`` (as run: overrides applied, paths absolute)."""
         run = self.client.create_run(
-            self.experiment_id, run_name=self.spec.name, tags={ROLE_TAG: "study"}
+            self.experiment_id, run_name=self.name, tags={ROLE_TAG: "study"}
         )
         self.parent_run_id = run.info.run_id
+        _ACTIVE[self.parent_run_id] = self
         params: dict[str, str] = {}
-        spec = asdict(self.spec)
-        spec.pop("search_space")
-        _flatten("", spec, params)
+        spec_fields = asdict(spec)
+        spec_fields.pop("search_space")
+        _flatten("", spec_fields, params)
         for key, value in params.items():
             self.client.log_param(self.parent_run_id, key[:250], value[:6000])
         self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
+        self.client.log_text(self.parent_run_id, effective_text, EFFECTIVE_SPEC_FILE)
         return self.parent_run_id
+
+    def attach(self, parent_run_id: str) -> int:
+        """Continue the study ``parent_run_id`` (``apc resume``): mark it running again, find
+        its trial runs, queue what an earlier :meth:`close` spooled; returns that count."""
+        self.parent_run_id = parent_run_id
+        _ACTIVE[parent_run_id] = self
+        self.client.update_run(parent_run_id, status="RUNNING")
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id:
+                self.trial_runs[trial_id] = run.info.run_id
+                nodes = run.data.tags.get(NODES_TAG, "")
+                self._nodes[trial_id] = nodes.split(",") if nodes else []
+        spooled = LogQueue.load_spool(self._queue.spool)
+        for record in spooled:
+            self._queue.put(record)
+        self._queue.spool.unlink(missing_ok=True)
+        return len(spooled)
+
+    def teacher_run(self) -> str | None:
+        """The study's teacher run, if it was logged."""
+        runs = self._search(f"tags.`{ROLE_TAG}` = 'teacher'")
+        return str(runs[0].info.run_id) if runs else None
+
+    def _search(self, filter_string: str) -> list[Any]:
+        parent = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        return list(
+            self.client.search_runs(
+                [self.experiment_id], filter_string=f"{parent} AND {filter_string}",
+                max_results=50000,
+            )
+        )  # fmt: skip
 
     def log_teacher(
         self,
@@ -117,45 +195,30 @@ class StudyTracker:
         )
         for key, value in params.items():
             self.client.log_param(run.info.run_id, key, value)
-        self._log_metrics(run.info.run_id, metrics, step=0)
+        batch = _metric_batch(metrics)
+        if batch:
+            self._log_batch(run.info.run_id, batch, step=0)
         if weights is not None:
             self.client.log_artifact(run.info.run_id, str(weights), "weights")
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return str(run.info.run_id)
 
-    def _log_metrics(self, run_id: str, metrics: Mapping[str, Any], *, step: int) -> None:
-        from mlflow.entities import Metric
+    # What the trials produce: queued.
 
-        now = int(time.time() * 1000)
-        # NaN is logged (an epoch whose metric is undefined says so, and a NaN final value
-        # keeps a trial off `apc pareto`'s front, as the sampler's worst value keeps it off
-        # Optuna's); infinities are no measurement and are dropped.
-        batch = [
-            Metric(key, float(value), now, step)
-            for key, value in metrics.items()
-            if key in METRICS and isinstance(value, int | float) and not math.isinf(float(value))
-        ]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
-
-    def trial_started(self, trial_id: str, params: Mapping[str, str]) -> str:
-        """The trial's run (created once; a restarted trial keeps its run)."""
-        if trial_id in self.trial_runs:
-            return self.trial_runs[trial_id]
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=trial_id,
-            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_run_id, "apc.trial_id": trial_id},
-        )
-        for key, value in params.items():
-            self.client.log_param(run.info.run_id, key, value)
-        self.trial_runs[trial_id] = run.info.run_id
-        return str(run.info.run_id)
+    def trial_started(self, trial_id: str, params: Mapping[str, str]) -> None:
+        """The trial's run (created once; a restarted or resumed trial keeps its run)."""
+        self._queue.put({"op": "start", "trial": trial_id, "params": dict(params)})
 
     def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        """Log one epoch's metrics with step = epoch."""
+        """Log one epoch's metrics with step = epoch, and the node the trial ran on."""
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
-        self._log_metrics(self.trial_runs[trial_id], result, step=step)
+        batch = _metric_batch(result)
+        if batch:
+            self._queue.put({"op": "metrics", "trial": trial_id, "metrics": batch, "step": step,
+                             "time": int(time.time() * 1000)})  # fmt: skip
+        node = result.get("node_id")
+        if isinstance(node, str) and node:
+            self._queue.put({"op": "node", "trial": trial_id, "node": node})
 
     def trial_objectives(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
         """Tag the run with the objectives the sampler was told the worst value for, and why.
@@ -163,35 +226,134 @@ class StudyTracker:
         A NaN metric is logged as NaN (a missing one stays absent); the tag says why it has
         no value, with the policy of :mod:`study.objectives` that the searcher applies.
         """
-        run_id = self.trial_runs.get(trial_id)
-        substitutes = sampler_substitutes(result, self.spec.objectives)
-        if run_id is not None and substitutes:
-            self.client.set_tag(run_id, NAN_TAG, tag_text(substitutes)[:5000])
+        substitutes = sampler_substitutes(result, self.objectives)
+        if substitutes:
+            self._queue.put({"op": "tag", "trial": trial_id, "key": NAN_TAG,
+                             "value": tag_text(substitutes)[:5000]})  # fmt: skip
 
     def trial_model(self, trial_id: str, checkpoint: Any) -> None:
         """Log the compressed model in the trial's last Tune checkpoint, if it holds one.
 
         Trials save it with their last epoch (``trainables.export``); it is logged as the
-        artifact ``model/model.pt2``, which ``torch.export.load(path).module()`` loads.
+        artifact ``model/model.pt2``, which ``torch.export.load(path).module()`` loads. The
+        file is copied next to the spool first, so it outlives Tune's checkpoint clean-up.
         """
-        run_id = self.trial_runs.get(trial_id)
-        if run_id is None or checkpoint is None:
+        if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
             path = Path(folder) / MODEL_FILE
-            if path.is_file():
-                self.client.log_artifact(run_id, str(path), artifact_path="model")
+            if not path.is_file():
+                return
+            kept = self._queue.spool.parent / "pending-artifacts" / trial_id / MODEL_FILE
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, kept)
+        self._queue.put({"op": "artifact", "trial": trial_id, "path": str(kept), "dir": "model"})
 
     def trial_ended(self, trial_id: str, *, failed: bool, reason: str = "") -> None:
+        if reason:
+            self._queue.put({"op": "tag", "trial": trial_id, "key": FAILURE_TAG,
+                             "value": reason[:5000]})  # fmt: skip
+        self._queue.put(
+            {"op": "end", "trial": trial_id, "status": "FAILED" if failed else "FINISHED"}
+        )
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every queued record is in MLflow; False if some still are not."""
+        return self._queue.flush(timeout_s)
+
+    def close(self, *, status: str, timeout_s: float = 120.0) -> int:
+        """End the study run with ``status`` (FINISHED, FAILED, KILLED) after the trials'
+        records; wait up to ``timeout_s`` for them; returns how many had to be spooled."""
+        self._queue.put({"op": "end_study", "status": status})
+        left = self._queue.close(timeout_s)
+        _ACTIVE.pop(self.parent_run_id, None)
+        return left
+
+    @property
+    def spool(self) -> Path:
+        return self._queue.spool
+
+    @property
+    def outage_s(self) -> float:
+        """Seconds the log thread spent waiting for an unreachable store."""
+        return self._queue.outage_s
+
+    # The log thread.
+
+    def _apply(self, record: Record) -> None:
+        op = record["op"]
+        if op == "end_study":
+            self.client.set_terminated(self.parent_run_id, record["status"])
+            return
+        trial_id = record["trial"]
+        if op == "start":
+            if trial_id not in self.trial_runs:
+                self._create_trial_run(trial_id, record["params"])
+            return
         run_id = self.trial_runs.get(trial_id)
         if run_id is None:
-            return
-        if reason:
-            self.client.set_tag(run_id, "apc.failure", reason[:5000])
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+            raise KeyError(f"no run for trial {trial_id}")  # a record with no start: a bug
+        if op == "metrics":
+            self._log_batch(run_id, record["metrics"], step=record["step"], time_ms=record["time"])
+        elif op == "node":
+            nodes = self._nodes.setdefault(trial_id, [])
+            if not nodes or nodes[-1] != record["node"]:
+                nodes.append(record["node"])
+                self.client.set_tag(run_id, NODES_TAG, ",".join(nodes)[:5000])
+        elif op == "tag":
+            self.client.set_tag(run_id, record["key"], record["value"])
+        elif op == "artifact":
+            path = Path(record["path"])
+            if path.is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path=record["dir"])
+                shutil.rmtree(path.parent, ignore_errors=True)
+        elif op == "end":
+            self.client.set_terminated(run_id, record["status"])
+        else:
+            raise ValueError(f"unknown log record op {op!r}")
 
-    def end_study(self, *, failed: bool = False) -> None:
-        self.client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
+    def _create_trial_run(self, trial_id: str, params: Mapping[str, str]) -> None:
+        # A run created just before the store went away may exist although the call failed.
+        found = self._search(f"tags.`{TRIAL_TAG}` = '{trial_id}'")
+        if found:
+            self.trial_runs[trial_id] = found[0].info.run_id
+            return
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_id,
+            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
+        )
+        self.trial_runs[trial_id] = run.info.run_id
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, key, value)
+
+    def _log_batch(
+        self, run_id: str, metrics: Mapping[str, float], *, step: int, time_ms: int | None = None
+    ) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000) if time_ms is None else time_ms
+        batch = [Metric(key, value, now, step) for key, value in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+
+
+def _metric_batch(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The canonical metrics of a result, as floats.
+
+    NaN is kept (an epoch whose metric is undefined says so, and a NaN final value keeps a
+    trial off `apc pareto`'s front, as the sampler's worst value keeps it off Optuna's);
+    infinities are no measurement and are dropped.
+    """
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key in METRICS and isinstance(value, int | float) and not math.isinf(float(value))
+    }
+
+
+#: Trackers of the studies this process is running, by parent run id: a callback that Tune
+#: restored from its pickled state (``Tuner.restore``) finds the live tracker here.
+_ACTIVE: dict[str, StudyTracker] = {}
 
 
 def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) -> Any:
@@ -199,29 +361,57 @@ def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) ->
     from ray.tune import Callback
 
     class MlflowTrials(Callback):
+        def __init__(self) -> None:
+            self.parent_run_id = tracker.parent_run_id
+
+        @property
+        def tracker(self) -> StudyTracker:
+            try:
+                return _ACTIVE[self.parent_run_id]
+            except KeyError:
+                raise RuntimeError(
+                    f"apc: no tracker for study run {self.parent_run_id} in this process; "
+                    "restore a study with `apc resume NAME`"
+                ) from None
+
+        def __reduce__(self) -> Any:
+            # Tune pickles its callbacks with the Tuner's state; the tracker (a thread, a
+            # client) stays behind and is found again by parent run id.
+            return (_restored_callback, (self.parent_run_id, method, teacher_run_id))
+
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             params = trial_params(trial.config, method=method, teacher_run_id=teacher_run_id)
-            tracker.trial_started(trial.trial_id, params)
+            self.tracker.trial_started(trial.trial_id, params)
 
         def on_trial_result(
             self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
         ) -> None:
-            tracker.trial_result(trial.trial_id, result)
+            self.tracker.trial_result(trial.trial_id, result)
 
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            tracker.trial_objectives(trial.trial_id, trial.last_result)
-            tracker.trial_model(trial.trial_id, trial.checkpoint)
-            tracker.trial_ended(trial.trial_id, failed=False)
+            self.tracker.trial_objectives(trial.trial_id, trial.last_result)
+            self.tracker.trial_model(trial.trial_id, trial.checkpoint)
+            self.tracker.trial_ended(trial.trial_id, failed=False)
 
         def on_trial_error(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             error = trial.get_error()
             reason = str(error).strip().splitlines()[-1] if error else "trial failed"
-            tracker.trial_ended(trial.trial_id, failed=True, reason=reason)
+            self.tracker.trial_ended(trial.trial_id, failed=True, reason=reason)
 
     return MlflowTrials()
+
+
+def _restored_callback(parent_run_id: str, method: str, teacher_run_id: str) -> Any:
+    tracker = _ACTIVE.get(parent_run_id)
+    if tracker is None:
+        raise RuntimeError(
+            f"apc: no tracker for study run {parent_run_id} in this process; "
+            "restore a study with `apc resume NAME`"
+        )
+    return tune_callback(tracker, method=method, teacher_run_id=teacher_run_id)

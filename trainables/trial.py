@@ -24,12 +24,14 @@ from torch.utils.data import DataLoader
 from trainables.data import build_dataset
 from trainables.data.sample import ImageDataset
 from trainables.export import MODEL_FILE, export_model
-from trainables.loop import Evaluator, LoopConfig, Optimization
+from trainables.loop import DivergedError, Evaluator, LoopConfig, Optimization
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "FAILURE_KEY",
+    "NODE_KEY",
     "CheckpointReporter",
     "TrialRun",
     "TrialSetup",
@@ -44,6 +46,10 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "state.pt"
+#: Result key of the Ray node a trial ran on (a restarted trial may move to another node).
+NODE_KEY = "node_id"
+#: Result and checkpoint key of the reason a trial failed (a diverged loss).
+FAILURE_KEY = "apc_failure"
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,15 @@ def run_tune_trial(
     Must be called inside a Tune trial. The teacher's weights arrive through Ray's object store
     (``tune.with_parameters``), so no trial retrains or reloads the teacher from disk. The last
     epoch's checkpoint also holds the compressed model, exported (:mod:`trainables.export`).
+    Every result carries the Ray ``node_id`` the trial ran on.
+
+    A diverging trial (:class:`~trainables.loop.DivergedError`) reports one last result with
+    NaN objectives and the reason under :data:`FAILURE_KEY`, checkpoints that reason instead of
+    weights, and raises. Tune's retries then restore that checkpoint and fail again at once
+    with the same reason: retrying a diverged run from its last good epoch would only repeat
+    the epoch that diverged, at full cost, before failing the same way.
     """
+    import ray
     from ray import tune
 
     torch.set_num_threads(max(1, setup.threads))
@@ -220,6 +234,23 @@ def run_tune_trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+    if resume is not None and FAILURE_KEY in resume:
+        raise DivergedError(str(resume[FAILURE_KEY]))
+    node_id = ray.get_runtime_context().get_node_id()
+    next_epoch = int(resume["epoch"]) if resume is not None and "epoch" in resume else 0
+
+    def send(
+        metrics: Mapping[str, Any], payload: Mapping[str, Any], model: nn.Module | None
+    ) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
+            if model is not None:
+                _export(model, setup, Path(folder) / MODEL_FILE)
+            first = {name: metrics[name] for name in setup.headline if name in metrics}
+            tune.report(
+                {**first, **metrics, NODE_KEY: node_id},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
 
     def report(
         epoch: int,
@@ -229,15 +260,15 @@ def run_tune_trial(
         *,
         model: nn.Module | None = None,
     ) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
-            if model is not None:
-                _export(model, setup, Path(folder) / MODEL_FILE)
-            first = {name: metrics[name] for name in setup.headline if name in metrics}
-            tune.report(
-                {**first, **metrics, "epoch": epoch},
-                checkpoint=tune.Checkpoint.from_directory(folder),
-            )
+        nonlocal next_epoch
+        send({**metrics, "epoch": epoch}, payload, model)
+        next_epoch = epoch + 1
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    run(config, setup, teacher_state, report=report, resume=resume, device=device)
+    try:
+        run(config, setup, teacher_state, report=report, resume=resume, device=device)
+    except DivergedError as error:
+        nan = float("nan")
+        last = {**dict.fromkeys(setup.headline, nan), "loss": nan, "epoch": next_epoch}
+        send({**last, FAILURE_KEY: str(error)}, {FAILURE_KEY: str(error)}, None)
+        raise

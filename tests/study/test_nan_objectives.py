@@ -143,8 +143,10 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> StudyTracker:
     """A study's parent run in a fresh SQLite store (creating the schema takes seconds)."""
     root: Path = tmp_path_factory.mktemp("nan_mlflow")
     spec = _spec("name=nan_study", f"tracking_uri=sqlite:///{root}/mlflow.db")
-    tracker = StudyTracker(spec.tracking_uri, spec)
-    tracker.start_study("name: nan_study\n")
+    tracker = StudyTracker(
+        spec.tracking_uri, name=spec.name, objectives=spec.objectives, spool=root / "spool.jsonl"
+    )
+    tracker.start_study(spec, "name: nan_study\n", "name: nan_study\n")
     return tracker
 
 
@@ -162,6 +164,7 @@ def _ended_trial(tracker: StudyTracker, trial_id: str, final: dict[str, Any]) ->
         trial.update_last_result(result)  # type: ignore[no-untyped-call]
         callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=result)
     callback.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+    assert tracker.flush(30.0)
     return tracker.client.get_run(tracker.trial_runs[trial_id])
 
 
