@@ -103,6 +103,13 @@ def _run(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(f"apc run: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    from study.preflight import preflight
+
+    problems = preflight(spec)  # the store, Ray, the data, the teacher: before anything starts
+    if problems:
+        for problem in problems:
+            print(f"apc run: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from study.runner import effective_spec_text, run_study
     from study.tracking import study_exists
 

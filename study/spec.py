@@ -4,6 +4,14 @@ A spec opens with the command that runs it, e.g. ``# apc run study/presets/demo.
 Validation collects one message per problem, each naming the key path, the rule and the value
 (``dataset.image_size: must be a positive integer, got -3``); unknown keys are reported with the
 nearest valid name. Nothing is written or started before a spec validates.
+
+Beyond the YAML's shape: a key given twice is refused (YAML would keep the last silently); a
+search space may name only parameters its method's trainable reads, within the values it
+accepts (``drop_p`` in [0, 1), ``prune_rate`` in (0, 1)...), as may enqueued settings; paths
+(``dataset.root``, ``teacher.checkpoint``) are taken from the spec's folder and kept absolute;
+a checkpoint must be a state dict that ``torch.load(weights_only=True)`` reads, so one that
+carries code is refused unrun. What needs the world (the tracking store, Ray, the data set's
+files, the checkpoint against the teacher's shapes) is checked by :mod:`study.preflight`.
 """
 
 from __future__ import annotations
@@ -227,6 +235,53 @@ class _Section:
         return value
 
 
+def _local_path(base_dir: Path, value: str) -> Path:
+    """``value`` as a local path: ``~`` expanded, a relative one taken from ``base_dir``."""
+    return base_dir / Path(value).expanduser()
+
+
+_CHECKPOINT_RULE = (
+    "teacher.checkpoint: must be a PyTorch state dict (parameter names -> tensors) saved with "
+    "torch.save"
+)
+
+
+def _checkpoint_problem(file: Path, shown: str) -> str | None:
+    """Why ``file`` is no state dict that ``torch.load(weights_only=True)`` reads, or None.
+
+    The weights-only unpickler refuses every global other than tensors and plain containers
+    before calling it, so a checkpoint that carries code is refused and never run.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if code:
+            return (
+                f"{_CHECKPOINT_RULE}, got {shown!r} (it calls {code.group(1)}: a pickle that "
+                "may run code, refused by torch.load(weights_only=True) and not loaded)"
+            )
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", text, re.S)
+        detail = " ".join((found.group(1) if found else text).split())
+        return f"{_CHECKPOINT_RULE}, got {shown!r} (unreadable: {detail})"
+    except Exception as error:  # zip, EOF, OS errors alike: the file cannot be read
+        detail = " ".join(str(error).split()) or "empty or truncated file"
+        return f"{_CHECKPOINT_RULE}, got {shown!r} (unreadable: {detail})"
+    if not isinstance(state, Mapping):
+        return f"{_CHECKPOINT_RULE}, got {shown!r} (it holds a {type(state).__name__})"
+    others = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if others or not state:
+        held = f"keys {', '.join(others[:4])}" if others else "nothing"
+        hint = "; save model.state_dict() alone" if others else ""
+        return f"{_CHECKPOINT_RULE}, got {shown!r} (it holds a mapping with {held}{hint})"
+    return None
+
+
 _TOP_KEYS = (
     "name", "seed", "dataset", "teacher", "method", "method_options", "search_space", "enqueue",
     "objectives", "sampler", "trials", "max_concurrent", "epochs", "training",
@@ -245,8 +300,12 @@ def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
         problems.append(f"dataset.root: is required for {name}, got nothing")
     if name == "shapes" and root is not None:
         problems.append(f"dataset.root: does not apply to shapes (generated), got {root!r}")
-    if root is not None and name != "shapes" and not (base_dir / root).expanduser().is_dir():
-        problems.append(f"dataset.root: must be an existing folder, got {root!r}")
+    if root is not None and name != "shapes":
+        folder = _local_path(base_dir, root)
+        if folder.is_dir():
+            root = str(folder.resolve())  # what the study opens, from any working directory
+        else:
+            problems.append(f"dataset.root: must be an existing folder, got {root!r}")
     train_size = s.get("train_size", None, _optional(_integer(1)))
     val_size = s.get("val_size", None, _optional(_integer(1)))
     if name != "shapes":
@@ -315,8 +374,15 @@ def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) ->
     s = _Section(data, "teacher", problems, keys)
     default = TeacherSpec()
     checkpoint = s.get("checkpoint", None, _optional(_string))
-    if checkpoint is not None and not (base_dir / checkpoint).expanduser().is_file():
-        problems.append(f"teacher.checkpoint: must be an existing file, got {checkpoint!r}")
+    if checkpoint is not None:
+        file = _local_path(base_dir, checkpoint)
+        if not file.is_file():
+            problems.append(f"teacher.checkpoint: must be an existing file, got {checkpoint!r}")
+        else:
+            unreadable = _checkpoint_problem(file, checkpoint)
+            if unreadable:
+                problems.append(unreadable)
+            checkpoint = str(file.resolve())
     if checkpoint is not None and "epochs" in s.data:
         problems.append("teacher: give either checkpoint or epochs, got both")
     width = s.get("width", default.width, _choice(WIDTH_DIVISORS))
@@ -396,6 +462,115 @@ def _objectives(data: object, problems: list[str]) -> dict[str, Literal["min", "
     return objectives
 
 
+#: The searched parameters each method's trainable reads (a space may name no others).
+_METHOD_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
+    "distillation": ("matching", "beta", "drop_p", "student_width"),
+    "structured_pruning": ("matching", "beta", "drop_p", "prune_rate"),
+    "unstructured_pruning": ("matching", "beta", "drop_p", "prune_rate"),
+}
+#: The parameters a method needs in every trial.
+_REQUIRED_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
+    "structured_pruning": ("prune_rate",),
+    "unstructured_pruning": ("prune_rate",),
+}
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _parameter_domains(teacher_width: int) -> dict[str, tuple[str, Callable[[Any], bool]]]:
+    """Searched parameter -> (rule, test): the values a trainable accepts, whatever the space."""
+    from trainables.matching import MATCHING_KINDS
+    from trainables.models import WIDTH_DIVISORS
+
+    widths = [w for w in range(1, max(WIDTH_DIVISORS) + 1) if teacher_width * w in WIDTH_DIVISORS]
+    return {
+        "matching": (f"must be one of {list(MATCHING_KINDS)}", lambda v: v in MATCHING_KINDS),
+        "beta": ("must be a number >= 0", lambda v: _finite(v) and v >= 0),
+        "drop_p": ("must be a number in [0, 1)", lambda v: _finite(v) and 0 <= v < 1),
+        "prune_rate": ("must be a number in (0, 1)", lambda v: _finite(v) and 0 < v < 1),
+        "student_width": (
+            f"must be one of {widths} (teacher.width {teacher_width} times student_width must "
+            f"be a width divisor, at most {max(WIDTH_DIVISORS)})",
+            lambda v: not isinstance(v, bool) and v in widths,
+        ),
+    }
+
+
+def _space_problems(space: SearchSpace, method: str, teacher_width: int) -> list[str]:
+    """Problems of a (well-formed) search space for ``method``: parameters its trainable does
+    not read, required ones missing, values outside what the trainable accepts."""
+    path = "search_space.parameters"
+    problems: list[str] = []
+    reads = _METHOD_PARAMETERS.get(method)
+    domains = _parameter_domains(teacher_width)
+    for parameter in space.parameters:
+        here = f"{path}.{parameter.name}"
+        if reads is not None and parameter.name not in reads:
+            hint = _hint(parameter.name, reads)
+            problems.append(f"{here}: unknown parameter of {method} ({hint})")
+            continue
+        if parameter.name not in domains:
+            continue
+        rule, valid = domains[parameter.name]
+        if parameter.type == "categorical":
+            problems.extend(
+                f"{here}.choices: {rule}, got {choice!r}"
+                for choice in parameter.choices
+                if not valid(choice)
+            )
+        elif parameter.type == "int" and parameter.low is not None and parameter.high is not None:
+            values = range(int(parameter.low), int(parameter.high) + 1, parameter.step)
+            bad = [v for v in values[:1000] if not valid(v)]
+            if bad:
+                shown = bad[0] if len(bad) == 1 else bad[:5]
+                problems.append(f"{here}: {rule}, got {shown!r} (in its range)")
+        else:
+            for key, bound in (("low", parameter.low), ("high", parameter.high)):
+                if not valid(bound):
+                    problems.append(f"{here}.{key}: {rule}, got {bound!r}")
+    by_name = {p.name: p for p in space.parameters}
+    for name in _REQUIRED_PARAMETERS.get(method, ()):
+        if name not in by_name:
+            problems.append(f"{path}.{name}: is required by {method}, got nothing")
+        elif by_name[name].when:
+            problems.append(
+                f"{path}.{name}.when: must be absent ({method} needs {name} in every trial), "
+                f"got {dict(by_name[name].when)!r}"
+            )
+    drop_p, matching = by_name.get("drop_p"), by_name.get("matching")
+    if drop_p is not None:
+        # A trial draws drop_p only where `when` allows it; other matchings refuse a drop_p.
+        possible = matching.choices if matching is not None else ("none",)
+        allowed = drop_p.when.get("matching", possible)
+        others = [m for m in allowed if m != "sswa"]
+        if others:
+            problems.append(
+                f"{path}.drop_p.when: must limit drop_p to matching: [sswa] (only SSWA drops "
+                f"channels), got drop_p with matching {others!r}"
+            )
+    return problems
+
+
+def _enqueue_domain_problems(
+    enqueue: Sequence[Mapping[str, Any]], teacher_width: int, reported: Sequence[str]
+) -> list[str]:
+    """Values of enqueued configurations outside what the trainable accepts (for a space
+    whose range is itself too wide); keys already reported are skipped."""
+    domains = _parameter_domains(teacher_width)
+    problems = []
+    for index, point in enumerate(enqueue):
+        for key, value in point.items():
+            here = f"enqueue[{index}].{key}"
+            if key not in domains or any(p.startswith(f"{here}:") for p in reported):
+                continue
+            rule, valid = domains[key]
+            if not valid(value):
+                problems.append(f"{here}: {rule}, got {value!r}")
+    return problems
+
+
 def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     """Validate a spec mapping; raises :class:`SpecError` listing every problem."""
     base = base_dir or Path.cwd()
@@ -431,6 +606,9 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     dataset = _dataset(data.get("dataset"), problems, base)
     teacher = _teacher(data.get("teacher"), problems, base, dataset.name)
     problems.extend(_generated_data_problems(dataset, teacher))
+    if not space_problems and data.get("method", method) == method:
+        problems.extend(_space_problems(space, method, teacher.width))
+        problems.extend(_enqueue_domain_problems(enqueue, teacher.width, problems))
     spec = Spec(
         name=name,
         seed=s.get("seed", 0, _integer(0)),
@@ -503,6 +681,50 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
+    silently, so ``epochs: 2`` above ``epochs: 30`` would be ignored)."""
+
+
+def _unique_keys_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` may be overridden key by key; that is its purpose
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # unhashable: construct_mapping reports it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                "YAML would keep only the last value; the first is",
+                first,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=True)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
+
+
+def _yaml_problem(file: Path, error: yaml.YAMLError) -> str:
+    """One line naming where the YAML broke: line and column, what was found, and where the
+    construct it was reading started when that is elsewhere."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if not isinstance(error, yaml.MarkedYAMLError) or mark is None or problem is None:
+        return f"spec: {file} is not valid YAML: {' '.join(str(error).split())}"
+    detail = " ".join(problem.split())
+    context, start = error.context, error.context_mark
+    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
+        detail += f" ({context} at line {start.line + 1}, column {start.column + 1})"
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"spec: {file} is not valid YAML at {where}: {detail}"
+
+
 def read_spec_text(path: str | Path) -> tuple[str, object]:
     """The text of a spec file and its parsed YAML; :class:`SpecError` if unreadable."""
     file = Path(path)
@@ -510,10 +732,17 @@ def read_spec_text(path: str | Path) -> tuple[str, object]:
         raise SpecError([f"spec: no such file: {str(file)!r}"])
     try:
         text = file.read_text(encoding="utf-8")
-        return text, yaml.safe_load(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        detail = " ".join(str(error).split())
-        raise SpecError([f"spec: {file} is not valid YAML: {detail}"]) from None
+    except UnicodeDecodeError as error:
+        raise SpecError([
+            f"spec: {file} must be UTF-8 text, got byte {error.object[error.start]:#04x} at "
+            f"offset {error.start}"
+        ]) from None  # fmt: skip
+    except OSError as error:
+        raise SpecError([f"spec: cannot read {file}: {error.strerror or error}"]) from None
+    try:
+        return text, yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no Python objects
+    except yaml.YAMLError as error:
+        raise SpecError([_yaml_problem(file, error)]) from None
 
 
 def load_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> Spec:
