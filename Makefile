@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.matching_overhead
 	$(BIN)/python -m bench.metrics_throughput
 	$(BIN)/python -m bench.sweep_overhead
+	$(BIN)/python -m bench.scaling
 	$(BIN)/python -m bench.pruned_latency
 
 clean:
