@@ -133,6 +133,12 @@ def _finish(spec: Spec, outcome: StudyOutcome) -> int:
         f"\nstudy {spec.name!r}: {outcome.trials} trials ({outcome.failed} failed) in "
         f"{outcome.seconds / 60:.1f} min; MLflow parent run {outcome.parent_run_id}\n"
     )
+    if outcome.mlflow_outage_s and not outcome.unlogged:
+        print(
+            f"apc: MLflow at {spec.tracking_uri} was unreachable for about "
+            f"{outcome.mlflow_outage_s:.0f} s; its records waited in the driver and were delivered",
+            file=sys.stderr,
+        )
     if outcome.unlogged:
         print(
             f"apc: MLflow at {spec.tracking_uri} could not be reached: {outcome.unlogged} records "

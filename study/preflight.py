@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from study.spec import Spec
 
-__all__ = ["PROBE_TIMEOUT_S", "preflight"]
+__all__ = ["PROBE_TIMEOUT_S", "preflight", "tracking_problems"]
 
 #: Seconds a probe of the tracking server or the Ray cluster waits for an answer.
 PROBE_TIMEOUT_S: Final = 2.0
@@ -61,7 +61,7 @@ def preflight(spec: Spec, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
         One message per problem, ``"<key>: <rule>, got <value> (<detail>)"``.
     """
     problems = [
-        *_tracking_problems(spec.tracking_uri, timeout_s),
+        *tracking_problems(spec.tracking_uri, timeout_s),
         *_ray_problems(spec.ray_address, timeout_s),
         *_storage_problems(spec.storage_path),
     ]
@@ -88,7 +88,8 @@ def _probe(host: str, port: int, timeout_s: float) -> str | None:
         return f"{host}:{port}: {(error.strerror or str(error)).lower()}"
 
 
-def _tracking_problems(uri: str, timeout_s: float) -> list[str]:
+def tracking_problems(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
+    """Why the MLflow store ``uri`` cannot be used (a server probed for ``timeout_s``)."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower().partition("+")[0]  # postgresql+psycopg2 -> postgresql
     if scheme == "sqlite":

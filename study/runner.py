@@ -51,7 +51,8 @@ class StudyOutcome:
     (``bench.sweep_overhead`` compares it with the trials' own training and evaluation time).
     ``complete`` is False when Tune stopped before every trial ended (e.g. Ctrl-C): the study
     can be finished with ``apc resume``. ``unlogged`` records could not reach MLflow and wait
-    in ``spool`` for ``apc resume``.
+    in ``spool`` for ``apc resume``; ``mlflow_outage_s`` is how long records waited for an
+    unreachable tracking server (and were then delivered, unless ``unlogged``).
     """
 
     parent_run_id: str
@@ -64,6 +65,7 @@ class StudyOutcome:
     complete: bool = True
     unlogged: int = 0
     spool: Path | None = None
+    mlflow_outage_s: float = 0.0
 
 
 def _sampler(spec: Spec) -> Any:
@@ -142,9 +144,10 @@ def _start_ray(spec: Spec) -> tuple[bool, float]:
     started = time.monotonic()
     if ray.is_initialized():
         return False, 0.0
-    # `ray job submit` sets RAY_ADDRESS for its driver; ray.init(address=None) then joins
-    # that cluster, as it joins a cluster given by --ray-address.
-    ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=True)
+    # A cluster given by --ray-address, or by RAY_ADDRESS (what `ray job submit` sets for its
+    # driver); else a Ray of its own ("local": never a cluster that happens to run here).
+    address = spec.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, include_dashboard=False, log_to_driver=True)
     return True, time.monotonic() - started
 
 
@@ -211,6 +214,8 @@ def _driver_environment() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # A progress bar for one small spec file is noise between the messages of `apc resume`.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _fit(
@@ -226,7 +231,7 @@ def _fit(
         tracker.parent_run_id, len(grid), grid.num_errors, time.monotonic() - started,
         teacher_seconds=teacher_seconds, ray_init_seconds=ray_init_seconds,
         tune_seconds=tune_seconds, complete=complete, unlogged=unlogged,
-        spool=tracker.spool if unlogged else None,
+        spool=tracker.spool if unlogged else None, mlflow_outage_s=tracker.outage_s,
     )  # fmt: skip
 
 
@@ -272,6 +277,7 @@ def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    _driver_environment()
     run = find_study(tracking_uri, name)
     if run is None:
         raise ResumeError([f"name: no study {name!r} in {tracking_uri}"])
@@ -311,8 +317,16 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
     import ray
     from ray import tune
 
+    from study.preflight import preflight, tracking_problems
+
     started = time.monotonic()
+    unreachable = tracking_problems(tracking_uri)
+    if unreachable:
+        raise ResumeError([p.replace("tracking_uri:", "--tracking-uri:", 1) for p in unreachable])
     spec, parent = load_study_spec(name, tracking_uri=tracking_uri)
+    problems = preflight(spec)
+    if problems:
+        raise ResumeError(problems)
     storage, local = tune_storage(spec.storage_path)
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     if not tune.Tuner.can_restore(experiment):
@@ -321,7 +335,6 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
             "stopped before the trials started, or the storage path moved); run it again "
             "under a new --name"
         ])  # fmt: skip
-    _driver_environment()
     tracker = StudyTracker(
         tracking_uri, name=spec.name, objectives=spec.objectives,
         spool=local / spec.name / PENDING_FILE,
@@ -335,7 +348,6 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
         if tracker.teacher_run() is None:  # the driver died during the teacher stage
             _log_teacher(tracker, spec, teacher)
         started_ray, ray_init_seconds = _start_ray(spec)
-        _driver_environment()
         tuner = tune.Tuner.restore(
             experiment, trainable=_trainable(spec, setup, teacher),
             resume_unfinished=True, resume_errored=False, restart_errored=False,

@@ -619,3 +619,56 @@ def test_existing_study_name(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     _assert_messages(lines, [f"name: study 'tiny' already exists in {uri}; choose another --name"])
     assert len(client.search_runs([experiment])) == 1
     assert [e.name for e in client.search_experiments()] == ["tiny", "Default"]
+
+
+# -- apc resume: a study that cannot be resumed ---------------------------------------------
+
+
+def _resume(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    code = main(["resume", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in err + out
+    assert _tree(tmp_path) == before, "bad input must write nothing"
+    lines = err.splitlines()
+    assert all(line.startswith("apc resume: ") for line in lines), lines
+    return [line.removeprefix("apc resume: ") for line in lines]
+
+
+def test_resume_of_an_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    lines = _resume(tmp_path, capsys, "nosuch", "--tracking-uri", uri)
+    _assert_messages(lines, [f"name: no study 'nosuch' in {uri}"])
+
+
+def test_resume_from_an_unreachable_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _resume(tmp_path, capsys, "tiny", "--tracking-uri", "http://127.0.0.1:1")
+    _assert_messages(lines, ["--tracking-uri: must be reachable, got 'http://127.0.0.1:1'"])
+
+
+def test_resume_of_a_study_without_tune_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The driver died before Tune started: there is nothing to restore, and it says so."""
+    from mlflow.tracking import MlflowClient
+
+    from study.runner import effective_spec_text
+    from study.tracking import EFFECTIVE_SPEC_FILE
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("tiny")
+    run = client.create_run(experiment, run_name="tiny", tags={"apc.role": "study"})
+    spec = {**BASE, "storage_path": str(tmp_path / "ray")}
+    client.log_text(
+        run.info.run_id, effective_spec_text(spec, base_dir=tmp_path), EFFECTIVE_SPEC_FILE
+    )
+    lines = _resume(tmp_path, capsys, "tiny", "--tracking-uri", uri)
+    _assert_messages(
+        lines, [f"name: study 'tiny' has no Tune state in {tmp_path}/ray/tiny to resume"]
+    )
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"

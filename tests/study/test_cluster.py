@@ -1,0 +1,317 @@
+"""Studies on a real multi-node Ray cluster on 127.0.0.1 with a real MLflow server, and faults.
+
+One Ray head (no CPUs: trials must go to the workers, as on a GPU cluster whose head only
+drives) and two one-CPU worker nodes, started as separate processes by
+``ray.cluster_utils.Cluster``; one ``mlflow server`` on 127.0.0.1 over a SQLite store; one
+shared local storage path. Three studies run on it, each a separate driver process:
+
+* submitted as a Ray Job (``ray job submit -- apc run``): trials on both nodes, one trial
+  that diverges and fails with its reason while the study goes on, and the MLflow server
+  stopped and restarted in the middle without losing a result;
+* ``apc run --ray-address``, and the worker node of a running trial killed: the trial goes
+  on from its checkpoint on the other node, in the same MLflow run, no epoch logged twice;
+* ``apc run --ray-address`` with its driver killed (SIGKILL) mid-study, then
+  ``apc resume NAME``: finished trials are not run again, the rest finish.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+EPOCHS = 3
+SPEC = f"""\
+name: cluster
+seed: 0
+dataset:
+  name: shapes
+  image_size: 32
+  train_size: 96
+  val_size: 16
+  options: {{num_classes: 3}}
+teacher: {{arch: vgg11_bn, width: 8, epochs: 1}}
+search_space:
+  parameters:
+    matching: {{type: categorical, choices: [none, ewa]}}
+    beta: {{type: loguniform, low: 0.5, high: 1.0e+38, when: {{matching: [ewa]}}}}
+    student_width: {{type: categorical, choices: [1, 2]}}
+training: {{optimizer: sgd, lr: 0.02, batch_size: 16}}
+epochs: {EPOCHS}
+trials: 4
+max_concurrent: 2
+resources_per_trial: {{cpu: 1}}
+objectives: {{map: max, params: min}}
+"""
+# Four distinct settings, so that no repeat is skipped and every study has four trials.
+SETTINGS = [
+    "{matching: none, student_width: 1}",
+    "{matching: ewa, beta: 1.0, student_width: 1}",
+    "{matching: none, student_width: 2}",
+    "{matching: ewa, beta: 2.0, student_width: 2}",
+]
+DIVERGING = "{matching: ewa, beta: 1.0e+38, student_width: 1}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(
+    condition: Callable[[], Any], *, timeout_s: float, what: str,
+    process: subprocess.Popen[str] | None = None,
+) -> Any:  # fmt: skip
+    """``condition()`` once it is true; fails when ``process`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"ended (exit {process.returncode}) before {what}:\n{output}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 over a SQLite store; can be stopped and started again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import requests
+
+        command = [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1",
+        ]  # fmt: skip
+        log = (self.root / "server.log").open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{self.uri}/health", timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        _wait(healthy, timeout_s=120, what="the MLflow server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+@dataclass
+class Setup:
+    cluster: Any
+    mlflow: MlflowServer
+    spec: Path
+    storage: Path
+    dashboard: str
+
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.mlflow.uri)
+
+    def run_args(self, name: str, enqueue: list[str]) -> list[str]:
+        return [
+            "run", str(self.spec), "--name", name, "--tracking-uri", self.mlflow.uri,
+            "--storage", str(self.storage), "--set", f"enqueue=[{', '.join(enqueue)}]",
+        ]  # fmt: skip
+
+    def trial_runs(self, name: str) -> list[Any]:
+        experiment = self.client().get_experiment_by_name(name)
+        if experiment is None:
+            return []
+        return list(
+            self.client().search_runs(
+                [experiment.experiment_id], filter_string="tags.`apc.role` = 'trial'"
+            )
+        )
+
+
+def _job_server_ready(address: str) -> bool:
+    """Whether the head's job agent takes submissions (it starts after the dashboard)."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        JobSubmissionClient(address).submit_job(entrypoint="true")
+    except (RuntimeError, ConnectionError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    from ray.cluster_utils import Cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    mlflow = MlflowServer(root)
+    mlflow.start()
+    dashboard_port = _free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+        },
+    )  # fmt: skip
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    _wait(lambda: _job_server_ready(dashboard), timeout_s=120, what="the Ray Jobs server")
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC)
+    try:
+        yield Setup(cluster, mlflow, spec, root / "results", dashboard)
+    finally:
+        cluster.shutdown()  # type: ignore[no-untyped-call]
+        mlflow.stop()
+
+
+def _steps(client: Any, run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def test_job_submitted_study_spans_nodes_survives_mlflow_outage_and_a_diverged_trial(
+    setup: Setup,
+) -> None:
+    """``ray job submit -- apc run``: the Ray Jobs way into a running cluster."""
+    args = setup.run_args("jobs", [DIVERGING, *SETTINGS[:3]])
+    job = subprocess.Popen(
+        [str(BIN / "ray"), "job", "submit", "--address", setup.dashboard, "--",
+         str(BIN / "apc"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    client = setup.client()
+
+    def epochs_logged() -> int:
+        return sum(len(_steps(client, r.info.run_id, "loss")) for r in setup.trial_runs("jobs"))
+
+    # MLflow goes away once the first results are in, and comes back 10 s later.
+    _wait(lambda: epochs_logged() >= 1, timeout_s=240, what="a first logged epoch", process=job)
+    setup.mlflow.stop()
+    time.sleep(10)
+    setup.mlflow.start()
+    output, _ = job.communicate(timeout=400)
+    assert job.returncode == 0, output
+    assert "Job 'raysubmit_" in output
+    assert "succeeded" in output
+    assert "was unreachable for about" in output  # the driver's log queue waited it out
+
+    runs = setup.trial_runs("jobs")
+    assert len(runs) == 4
+    (diverged,) = [r for r in runs if float(r.data.params.get("beta", 0)) > 1e30]
+    assert diverged.info.status == "FAILED"
+    assert diverged.data.tags["apc.failure"].startswith("trainables.loop.DivergedError: loss is")
+    others = [r for r in runs if r is not diverged]
+    # Two trials run at once and each worker node has one CPU: they ran on both nodes.
+    nodes = {node for run in runs for node in run.data.tags["apc.node_ids"].split(",")}
+    assert nodes == {node.node_id for node in setup.cluster.worker_nodes}
+    for run in others:
+        assert run.info.status == "FINISHED"
+        # Every epoch of every trial is in MLflow, the outage notwithstanding.
+        assert _steps(client, run.info.run_id, "loss") == list(range(EPOCHS))
+        assert _steps(client, run.info.run_id, "map") == list(range(EPOCHS))
+        assert not math.isnan(run.data.metrics["map"])
+    parent = client.get_run(diverged.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+
+
+def _driver(setup: Setup, name: str, enqueue: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "apc"), *setup.run_args(name, enqueue), "--ray-address",
+         setup.cluster.address],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) -> None:
+    driver = _driver(setup, "nodekill", SETTINGS)
+    client = setup.client()
+
+    def running_trial_after_one_epoch() -> Any:
+        for run in setup.trial_runs("nodekill"):
+            if run.info.status == "RUNNING" and len(_steps(client, run.info.run_id, "loss")) == 1:
+                return run
+        return None
+
+    victim = _wait(
+        running_trial_after_one_epoch, timeout_s=240, what="a trial after 1 epoch", process=driver
+    )
+    node_id = victim.data.tags["apc.node_ids"]
+    node = next(n for n in setup.cluster.worker_nodes if n.node_id == node_id)
+    setup.cluster.remove_node(node, allow_graceful=False)
+    setup.cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would start
+    output, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, output
+
+    runs = setup.trial_runs("nodekill")
+    assert len(runs) == 4  # one run per trial: none lost, none duplicated
+    assert len({r.data.tags["apc.trial_id"] for r in runs}) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert _steps(client, run.info.run_id, "loss") == list(range(EPOCHS))
+    moved = next(r for r in runs if r.info.run_id == victim.info.run_id)
+    assert moved.data.tags["apc.node_ids"].split(",")[0] == node_id
+    assert len(moved.data.tags["apc.node_ids"].split(",")) == 2  # it moved to another node
+
+
+def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup) -> None:
+    driver = _driver(setup, "resumed", SETTINGS)
+    client = setup.client()
+    finished = _wait(
+        lambda: [r for r in setup.trial_runs("resumed") if r.info.status == "FINISHED"],
+        timeout_s=300, what="a finished trial", process=driver,
+    )  # fmt: skip
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = {r.data.tags["apc.trial_id"]: r for r in setup.trial_runs("resumed")}
+    assert len(before) < 4 or any(r.info.status == "RUNNING" for r in before.values())
+    ended = {r.info.run_id: r.info.end_time for r in finished}
+
+    resumed = subprocess.run(
+        [str(BIN / "apc"), "resume", "resumed", "--tracking-uri", setup.mlflow.uri],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    runs = setup.trial_runs("resumed")
+    assert len(runs) == 4
+    assert len({r.data.tags["apc.trial_id"] for r in runs}) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert _steps(client, run.info.run_id, "loss") == list(range(EPOCHS))
+        if run.info.run_id in ended:  # finished before the kill: not run again
+            assert run.info.end_time == ended[run.info.run_id]
+    assert "Pareto front" in resumed.stdout
+    again = subprocess.run(
+        [str(BIN / "apc"), "resume", "resumed", "--tracking-uri", setup.mlflow.uri],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 2
+    assert "is finished" in again.stderr
