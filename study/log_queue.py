@@ -94,7 +94,8 @@ class LogQueue:
             return len(self._records)
 
     def _work(self) -> None:
-        backoff = 0.5
+        first = min(0.5, self._max_backoff_s)
+        backoff = first
         while True:
             with self._condition:
                 while not self._records and not self._closing:
@@ -118,7 +119,7 @@ class LogQueue:
                     f"apc: MLflow refused {record.get('op')} ({error}); that record is dropped",
                     file=sys.stderr,
                 )
-            backoff = 0.5
+            backoff = first
             with self._condition:
                 self._records.popleft()
                 self._condition.notify_all()

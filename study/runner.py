@@ -175,6 +175,7 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
         mode=[spec.objectives[m] for m in objectives],
         points_to_evaluate=[dict(p) for p in spec.enqueue] or None,
         sampler=_sampler(spec),
+        iterations=spec.epochs if spec.scheduler is not None else None,
     )
     scheduler = None
     if spec.scheduler is not None:
@@ -256,7 +257,10 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
         teacher, teacher_seconds, setup = _prepare(spec, local)
         teacher_run = _log_teacher(tracker, spec, teacher)
         started_ray, ray_init_seconds = _start_ray(spec)
-        callback = tune_callback(tracker, method=spec.method, teacher_run_id=teacher_run)
+        callback = tune_callback(
+            tracker, method=spec.method, teacher_run_id=teacher_run,
+            iterations=spec.epochs if spec.scheduler is not None else None,
+        )  # fmt: skip
         tuner = _tuner(spec, _trainable(spec, setup, teacher), storage, callback)
         return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
                     ray_init_seconds=ray_init_seconds)  # fmt: skip
@@ -304,6 +308,33 @@ def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
     return spec, parent
 
 
+def _tune_trials(experiment: str) -> list[dict[str, Any]]:
+    """What Tune's storage holds of each trial in its last snapshot of ``experiment``: id,
+    config, status, every reported result (``result.json``) and the latest checkpoint."""
+    import json
+
+    import pyarrow.fs
+    from ray.tune import ExperimentAnalysis
+
+    trials = []
+    for trial in ExperimentAnalysis(experiment).trials:
+        path = str(trial.path)
+        if "://" in path:
+            filesystem, folder = pyarrow.fs.FileSystem.from_uri(path)
+        else:
+            filesystem, folder = pyarrow.fs.LocalFileSystem(), path
+        try:
+            with filesystem.open_input_stream(f"{folder}/result.json") as stream:
+                text = stream.readall().decode("utf-8")
+        except (FileNotFoundError, OSError):
+            text = ""  # no result yet
+        results = [json.loads(line) for line in text.splitlines() if line.strip()]
+        trials.append({"trial": trial.trial_id, "config": dict(trial.config),
+                       "status": trial.status, "results": results,
+                       "checkpoint": trial.checkpoint})  # fmt: skip
+    return trials
+
+
 def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
     """Finish the interrupted study ``name`` recorded in ``tracking_uri``.
 
@@ -345,8 +376,10 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
     started_ray = False
     try:
         teacher, teacher_seconds, setup = _prepare(spec, local)
-        if tracker.teacher_run() is None:  # the driver died during the teacher stage
-            _log_teacher(tracker, spec, teacher)
+        teacher_run = tracker.teacher_run()
+        if teacher_run is None:  # the driver died during the teacher stage
+            teacher_run = _log_teacher(tracker, spec, teacher)
+        tracker.backfill(_tune_trials(experiment), method=spec.method, teacher_run_id=teacher_run)
         started_ray, ray_init_seconds = _start_ray(spec)
         tuner = tune.Tuner.restore(
             experiment, trainable=_trainable(spec, setup, teacher),

@@ -8,6 +8,10 @@ report ends with Tune's auto-filled result): Ray tells ``[None, None, ...]`` as 
 This subclass only rewrites such results (policy: :mod:`study.objectives`) before handing them
 to Ray's own code, which stays in charge of everything else (FAIL on errors, PRUNED when
 nothing was measured, the bookkeeping of finished trials).
+
+A trial a scheduler (ASHA) stopped before its last epoch is told PRUNED, not COMPLETE with
+its early values: those measure an under-trained student, and in NSGA-II's population they
+would stand for the configuration as if trained to the end.
 """
 
 from __future__ import annotations
@@ -27,7 +31,18 @@ logger = logging.getLogger(__name__)
 
 
 class NanSafeOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that tells Optuna ``-inf``/``+inf`` for an objective a trial lacks."""
+    """``OptunaSearch`` that tells Optuna ``-inf``/``+inf`` for an objective a trial lacks.
+
+    Args:
+        iterations: reports (epochs) of a trial that runs to the end; a trial completed
+            with fewer was stopped early and is told PRUNED. None: never.
+    """
+
+    def __init__(self, *args: Any, iterations: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if iterations is not None and iterations < 1:
+            raise ValueError(f"iterations: must be a positive integer or None, got {iterations}")
+        self.iterations = iterations
 
     def _objectives(self) -> dict[str, Direction]:
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
@@ -42,6 +57,13 @@ class NanSafeOptunaSearch(OptunaSearch):
             # Nothing measured (e.g. stopped before its first report, whose last result is
             # Tune's auto-filled one): Ray would tell [None, ...] as COMPLETE, which Optuna
             # refuses. Without a result Ray tells PRUNED, or FAIL after an error.
+            result = None
+        if (
+            result is not None
+            and self.iterations is not None
+            and int(result.get("training_iteration", self.iterations)) < self.iterations
+        ):
+            logger.info("trial %s: stopped early, told PRUNED", trial_id)
             result = None
         substitutes = {} if error else sampler_substitutes(result, objectives)
         if substitutes and result is not None:

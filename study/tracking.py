@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,12 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "apc.trial_id"
 NODES_TAG = "apc.node_ids"
 FAILURE_TAG = "apc.failure"
+#: On a trial run that logged some epochs twice (a resume re-ran them; the later values count).
+REPEATED_TAG = "apc.repeated_epochs"
+#: On the deleted run of a trial a resumed study does not know (see StudyTracker.discard_orphans).
+ORPHAN_TAG = "apc.orphaned"
+#: On a trial the scheduler stopped before its last epoch: its metrics are that epoch's.
+STOPPED_TAG = "apc.stopped_early"
 #: The spec as the study ran it (overrides applied, paths absolute): what ``apc resume`` reads.
 EFFECTIVE_SPEC_FILE = "spec.effective.yaml"
 SEARCHED_PARAMS = ("matching", "beta", "drop_p", "prune_rate", "student_width")
@@ -122,6 +128,8 @@ class StudyTracker:
         #: trial id -> run id, filled by the log thread (read it after :meth:`flush`).
         self.trial_runs: dict[str, str] = {}
         self._nodes: dict[str, list[str]] = {}
+        self._last_step: dict[str, int] = {}
+        self._repeated: dict[str, set[int]] = {}
         self._queue = LogQueue(self._apply, spool=spool)
 
     # The study's own runs: written at once.
@@ -156,6 +164,9 @@ class StudyTracker:
                 self.trial_runs[trial_id] = run.info.run_id
                 nodes = run.data.tags.get(NODES_TAG, "")
                 self._nodes[trial_id] = nodes.split(",") if nodes else []
+                if run.info.status == "RUNNING":  # it may re-run epochs it logged
+                    history = self.client.get_metric_history(run.info.run_id, "loss")
+                    self._last_step[trial_id] = max((m.step for m in history), default=-1)
         spooled = LogQueue.load_spool(self._queue.spool)
         for record in spooled:
             self._queue.put(record)
@@ -212,13 +223,13 @@ class StudyTracker:
     def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """Log one epoch's metrics with step = epoch, and the node the trial ran on."""
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
+        node = result.get("node_id")
+        if isinstance(node, str) and node:  # first: an epoch in MLflow says where it ran
+            self._queue.put({"op": "node", "trial": trial_id, "node": node})
         batch = _metric_batch(result)
         if batch:
             self._queue.put({"op": "metrics", "trial": trial_id, "metrics": batch, "step": step,
                              "time": int(time.time() * 1000)})  # fmt: skip
-        node = result.get("node_id")
-        if isinstance(node, str) and node:
-            self._queue.put({"op": "node", "trial": trial_id, "node": node})
 
     def trial_objectives(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
         """Tag the run with the objectives the sampler was told the worst value for, and why.
@@ -228,8 +239,10 @@ class StudyTracker:
         """
         substitutes = sampler_substitutes(result, self.objectives)
         if substitutes:
-            self._queue.put({"op": "tag", "trial": trial_id, "key": NAN_TAG,
-                             "value": tag_text(substitutes)[:5000]})  # fmt: skip
+            self.trial_tag(trial_id, NAN_TAG, tag_text(substitutes))
+
+    def trial_tag(self, trial_id: str, key: str, value: str) -> None:
+        self._queue.put({"op": "tag", "trial": trial_id, "key": key, "value": value[:5000]})
 
     def trial_model(self, trial_id: str, checkpoint: Any) -> None:
         """Log the compressed model in the trial's last Tune checkpoint, if it holds one.
@@ -251,11 +264,50 @@ class StudyTracker:
 
     def trial_ended(self, trial_id: str, *, failed: bool, reason: str = "") -> None:
         if reason:
-            self._queue.put({"op": "tag", "trial": trial_id, "key": FAILURE_TAG,
-                             "value": reason[:5000]})  # fmt: skip
+            self.trial_tag(trial_id, FAILURE_TAG, reason)
         self._queue.put(
             {"op": "end", "trial": trial_id, "status": "FAILED" if failed else "FINISHED"}
         )
+
+    def backfill(
+        self, trials: Sequence[Mapping[str, Any]], *, method: str, teacher_run_id: str
+    ) -> None:
+        """Log what Tune recorded of ``trials`` and MLflow lacks (``apc resume``).
+
+        A killed driver loses the records still in its queue, and Tune will not replay the
+        results of trials it finished. Each item holds ``trial`` (id), ``config``, ``status``
+        (Tune's), ``results`` (the trial's reported results, from its ``result.json``) and
+        ``checkpoint``: missing runs are created, missing epochs logged, and a run still
+        RUNNING whose trial Tune had ended is ended the same way (its model logged).
+        """
+        for trial in trials:
+            trial_id = str(trial["trial"])
+            params = trial_params(trial["config"], method=method, teacher_run_id=teacher_run_id)
+            self.trial_started(trial_id, params)
+            results = [
+                {"step": int(r["epoch"]), "metrics": _metric_batch(r),
+                 "time": int(float(r.get("timestamp", 0)) * 1000), "node": r.get("node_id")}
+                for r in trial["results"] if "epoch" in r
+            ]  # fmt: skip
+            self._queue.put({"op": "backfill", "trial": trial_id, "results": results})
+            if trial["status"] in ("TERMINATED", "ERROR"):
+                last = trial["results"][-1] if trial["results"] else None
+                self._queue.put({"op": "end_if_running", "trial": trial_id,
+                                 "status": "FINISHED" if trial["status"] == "TERMINATED"
+                                 else "FAILED"})  # fmt: skip
+                if trial["status"] == "TERMINATED":
+                    self.trial_objectives(trial_id, last)
+                    self.trial_model(trial_id, trial["checkpoint"])
+
+    def discard_orphans(self, trial_ids: list[str]) -> None:
+        """Delete the trial runs of trials Tune does not know (``trial_ids`` are all it knows).
+
+        A driver killed mid-study leaves behind the runs of trials that started after Tune's
+        last snapshot of the experiment: ``Tuner.restore`` has never heard of them and runs
+        their place in the study again as new trials. Such a run is tagged
+        ``apc.orphaned``, ended KILLED and deleted (MLflow keeps it; ``mlflow gc`` purges it).
+        """
+        self._queue.put({"op": "orphans", "known": sorted(trial_ids)})
 
     def flush(self, timeout_s: float = 60.0) -> bool:
         """Wait until every queued record is in MLflow; False if some still are not."""
@@ -285,6 +337,9 @@ class StudyTracker:
         if op == "end_study":
             self.client.set_terminated(self.parent_run_id, record["status"])
             return
+        if op == "orphans":
+            self._discard(set(record["known"]))
+            return
         trial_id = record["trial"]
         if op == "start":
             if trial_id not in self.trial_runs:
@@ -295,6 +350,19 @@ class StudyTracker:
             raise KeyError(f"no run for trial {trial_id}")  # a record with no start: a bug
         if op == "metrics":
             self._log_batch(run_id, record["metrics"], step=record["step"], time_ms=record["time"])
+            self._note_repeats(trial_id, run_id, record["step"])
+        elif op == "backfill":
+            logged = {m.step for m in self.client.get_metric_history(run_id, "loss")}
+            for result in record["results"]:
+                if result["step"] not in logged and result["metrics"]:
+                    self._log_batch(run_id, result["metrics"], step=result["step"],
+                                    time_ms=result["time"])  # fmt: skip
+                    self._note_repeats(trial_id, run_id, result["step"])
+                if result["node"]:
+                    self._apply({"op": "node", "trial": trial_id, "node": result["node"]})
+        elif op == "end_if_running":
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, record["status"])
         elif op == "node":
             nodes = self._nodes.setdefault(trial_id, [])
             if not nodes or nodes[-1] != record["node"]:
@@ -308,9 +376,38 @@ class StudyTracker:
                 self.client.log_artifact(run_id, str(path), artifact_path=record["dir"])
                 shutil.rmtree(path.parent, ignore_errors=True)
         elif op == "end":
-            self.client.set_terminated(run_id, record["status"])
+            # A trial Tune had finished after its last snapshot ends again after a resume.
+            if self.client.get_run(run_id).info.status != record["status"]:
+                self.client.set_terminated(run_id, record["status"])
         else:
             raise ValueError(f"unknown log record op {op!r}")
+
+    def _note_repeats(self, trial_id: str, run_id: str, step: int) -> None:
+        """Tag a run that logs an epoch again: a killed driver's last Tune snapshot may predate
+        a trial's newest checkpoint, and ``Tuner.restore`` then re-runs the epochs after it.
+        MLflow keeps both values of such a step; the later one is the re-run's."""
+        last = self._last_step.get(trial_id, -1)
+        self._last_step[trial_id] = max(last, step)
+        if step > last:
+            return
+        repeated = self._repeated.setdefault(trial_id, set())
+        repeated.add(step)
+        steps = ",".join(str(s) for s in sorted(repeated))
+        self.client.set_tag(run_id, REPEATED_TAG, f"{steps} (re-run after a resume; the later "
+                            "value of each is the one that counts)")  # fmt: skip
+
+    def _discard(self, known: set[str]) -> None:
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
+            trial_id = run.data.tags.get(TRIAL_TAG, "")
+            if trial_id in known:
+                continue
+            self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started after Tune's last "
+                                "snapshot before its driver died; `apc resume` ran its place "
+                                "in the study again as another trial")  # fmt: skip
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            self.client.delete_run(run.info.run_id)
+            self.trial_runs.pop(trial_id, None)
 
     def _create_trial_run(self, trial_id: str, params: Mapping[str, str]) -> None:
         # A run created just before the store went away may exist although the call failed.
@@ -356,8 +453,14 @@ def _metric_batch(metrics: Mapping[str, Any]) -> dict[str, float]:
 _ACTIVE: dict[str, StudyTracker] = {}
 
 
-def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) -> Any:
-    """A Ray Tune callback that mirrors trials into ``tracker`` (runs in the driver)."""
+def tune_callback(
+    tracker: StudyTracker, *, method: str, teacher_run_id: str, iterations: int | None = None
+) -> Any:
+    """A Ray Tune callback that mirrors trials into ``tracker`` (runs in the driver).
+
+    ``iterations``: the reports of a trial that runs to the end, when a scheduler may stop
+    trials early; a trial that completes with fewer is tagged ``apc.stopped_early``.
+    """
     from ray.tune import Callback
 
     class MlflowTrials(Callback):
@@ -377,7 +480,7 @@ def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) ->
         def __reduce__(self) -> Any:
             # Tune pickles its callbacks with the Tuner's state; the tracker (a thread, a
             # client) stays behind and is found again by parent run id.
-            return (_restored_callback, (self.parent_run_id, method, teacher_run_id))
+            return (_restored_callback, (self.parent_run_id, method, teacher_run_id, iterations))
 
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -394,6 +497,11 @@ def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) ->
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             self.tracker.trial_objectives(trial.trial_id, trial.last_result)
+            done = int((trial.last_result or {}).get("training_iteration", 0))
+            if iterations is not None and done < iterations:
+                self.tracker.trial_tag(
+                    trial.trial_id, STOPPED_TAG, f"after {done} of {iterations} epochs"
+                )
             self.tracker.trial_model(trial.trial_id, trial.checkpoint)
             self.tracker.trial_ended(trial.trial_id, failed=False)
 
@@ -404,14 +512,21 @@ def tune_callback(tracker: StudyTracker, *, method: str, teacher_run_id: str) ->
             reason = str(error).strip().splitlines()[-1] if error else "trial failed"
             self.tracker.trial_ended(trial.trial_id, failed=True, reason=reason)
 
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            self.tracker.discard_orphans([trial.trial_id for trial in trials])
+
     return MlflowTrials()
 
 
-def _restored_callback(parent_run_id: str, method: str, teacher_run_id: str) -> Any:
+def _restored_callback(
+    parent_run_id: str, method: str, teacher_run_id: str, iterations: int | None
+) -> Any:
     tracker = _ACTIVE.get(parent_run_id)
     if tracker is None:
         raise RuntimeError(
             f"apc: no tracker for study run {parent_run_id} in this process; "
             "restore a study with `apc resume NAME`"
         )
-    return tune_callback(tracker, method=method, teacher_run_id=teacher_run_id)
+    return tune_callback(
+        tracker, method=method, teacher_run_id=teacher_run_id, iterations=iterations
+    )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.entities import ViewType
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,11 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1",
         ]  # fmt: skip
         log = (self.root / "server.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        # MLflow 3's job runner (a dozen huey worker processes) serves no tracking request.
+        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=log, start_new_session=True, env=environment
+        )
 
         def healthy() -> bool:
             try:
@@ -137,10 +142,11 @@ class Setup:
 
         return MlflowClient(tracking_uri=self.mlflow.uri)
 
-    def run_args(self, name: str, enqueue: list[str]) -> list[str]:
+    def run_args(self, name: str, enqueue: list[str], *sets: str) -> list[str]:
         return [
             "run", str(self.spec), "--name", name, "--tracking-uri", self.mlflow.uri,
             "--storage", str(self.storage), "--set", f"enqueue=[{', '.join(enqueue)}]",
+            *(arg for assignment in sets for arg in ("--set", assignment)),
         ]  # fmt: skip
 
     def trial_runs(self, name: str) -> list[Any]:
@@ -243,21 +249,23 @@ def test_job_submitted_study_spans_nodes_survives_mlflow_outage_and_a_diverged_t
     assert parent.info.status == "FINISHED"
 
 
-def _driver(setup: Setup, name: str, enqueue: list[str]) -> subprocess.Popen[str]:
+def _driver(setup: Setup, name: str, enqueue: list[str], *sets: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(BIN / "apc"), *setup.run_args(name, enqueue), "--ray-address",
+        [str(BIN / "apc"), *setup.run_args(name, enqueue, *sets), "--ray-address",
          setup.cluster.address],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
 
 
 def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) -> None:
-    driver = _driver(setup, "nodekill", SETTINGS)
+    # Epochs of a few seconds, so that the kill comes while the trial runs.
+    driver = _driver(setup, "nodekill", SETTINGS, "dataset.train_size=480")
     client = setup.client()
 
     def running_trial_after_one_epoch() -> Any:
         for run in setup.trial_runs("nodekill"):
-            if run.info.status == "RUNNING" and len(_steps(client, run.info.run_id, "loss")) == 1:
+            logged = len(_steps(client, run.info.run_id, "loss"))
+            if run.info.status == "RUNNING" and 1 <= logged < EPOCHS:
                 return run
         return None
 
@@ -305,10 +313,31 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
     assert len({r.data.tags["apc.trial_id"] for r in runs}) == 4
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert _steps(client, run.info.run_id, "loss") == list(range(EPOCHS))
+        steps = _steps(client, run.info.run_id, "loss")
         if run.info.run_id in ended:  # finished before the kill: not run again
+            assert steps == list(range(EPOCHS))
             assert run.info.end_time == ended[run.info.run_id]
+            continue
+        # A trial running at the kill goes on from the checkpoint in Tune's last snapshot of
+        # the experiment, which can lag its newest epoch: epochs after it run again, the run
+        # says which.
+        assert sorted(set(steps)) == list(range(EPOCHS))
+        repeated = sorted({s for s in steps if steps.count(s) > 1})
+        if repeated:
+            tag = run.data.tags["apc.repeated_epochs"]
+            assert tag.startswith(",".join(map(str, repeated)) + " (re-run after a resume")
+        else:
+            assert "apc.repeated_epochs" not in run.data.tags
     assert "Pareto front" in resumed.stdout
+    # A trial started after Tune's last snapshot (if the kill came in time to leave one):
+    # Tune ran its place again, and its run is deleted, tagged as such.
+    orphans = setup.client().search_runs(
+        [runs[0].info.experiment_id], filter_string="tags.`apc.role` = 'trial'",
+        run_view_type=ViewType.DELETED_ONLY,
+    )  # fmt: skip
+    for run in orphans:
+        assert run.data.tags["apc.orphaned"].startswith("started after Tune's last snapshot")
+        assert run.data.tags["apc.trial_id"] not in {r.data.tags["apc.trial_id"] for r in runs}
     again = subprocess.run(
         [str(BIN / "apc"), "resume", "resumed", "--tracking-uri", setup.mlflow.uri],
         capture_output=True, text=True, timeout=120,

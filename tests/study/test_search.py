@@ -85,3 +85,21 @@ def test_a_repeat_of_a_running_trial_is_told_fail_then_runs_when_nothing_else_is
     assert searcher.suggest("t2") == {"w": 2}  # the only configuration, after 3 skipped asks
     states = [t.state for t in _study(searcher).trials]
     assert states == [TrialState.RUNNING, *[TrialState.FAIL] * 3, TrialState.RUNNING]
+
+
+def test_a_trial_stopped_early_is_pruned_not_completed_with_its_early_values() -> None:
+    """ASHA's early stops: the under-trained values never enter the sampler's population."""
+    searcher = _searcher(iterations=3)
+    assert searcher.suggest("early") is not None
+    assert searcher.suggest("full") is not None
+    searcher.on_trial_complete("early", {"map": 5.0, "training_iteration": 1})
+    searcher.on_trial_complete("full", {"map": 40.0, "training_iteration": 3})
+    by_value = {tuple(t.values or ()): t.state for t in _study(searcher).trials}
+    assert by_value == {(): TrialState.PRUNED, (40.0,): TrialState.COMPLETE}
+
+
+def test_without_iterations_a_short_trial_completes() -> None:
+    searcher = _searcher()
+    assert searcher.suggest("t") is not None
+    searcher.on_trial_complete("t", {"map": 5.0, "training_iteration": 1})
+    assert [t.state for t in _study(searcher).trials] == [TrialState.COMPLETE]
