@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.metrics_throughput
 	$(BIN)/python -m bench.sweep_overhead
 	$(BIN)/python -m bench.scaling
+	$(BIN)/python -m bench.early_stopping
 	$(BIN)/python -m bench.pruned_latency
 
 clean:

@@ -7,7 +7,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -58,3 +58,8 @@ def time_interleaved(
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def train_eval_seconds(rows: Sequence[Mapping[str, Any]]) -> float:
+    """A trial's own work: its results' summed ``time_train_s`` + ``time_eval_s``."""
+    return sum(float(r["time_train_s"]) + float(r["time_eval_s"]) for r in rows)

@@ -64,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ from unittest import mock
 
 import torch
 
-from bench._common import emit, environment
+from bench._common import emit, environment, train_eval_seconds
 from bench.sweep_overhead import _driver_spans, _trial_results
 
 BENCH = "scaling"
@@ -233,14 +233,10 @@ def _run_setting(
     )
 
 
-def _train_eval(rows: Sequence[Mapping[str, Any]]) -> float:
-    return sum(float(r["time_train_s"]) + float(r["time_eval_s"]) for r in rows)
-
-
 def _record(setting: Setting, epochs: int) -> dict[str, Any]:
     outcome = setting.outcome
     wall = float(outcome.tune_seconds)
-    work = {trial: _train_eval(rows) for trial, rows in setting.results.items()}
+    work = {trial: train_eval_seconds(rows) for trial, rows in setting.results.items()}
     count = max(len(work), 1)
     in_trial = [end - start - work[t] for t, (start, end) in setting.spans.items() if t in work]
     spans = list(setting.spans.values())

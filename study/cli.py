@@ -156,7 +156,10 @@ def _finish(spec: Spec, outcome: StudyOutcome) -> int:
     objectives = ",".join(f"{m}:{d}" for m, d in spec.objectives.items())
     main([
         "pareto", spec.name, "--tracking-uri", spec.tracking_uri, "--objectives", objectives,
-        "--filter", f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+        # Trials that ended FAILED (diverged) or KILLED (stopped early by ASHA) have no
+        # measurement of a trained student; their runs stay browsable in MLflow.
+        "--filter", f"tags.mlflow.parentRunId = '{outcome.parent_run_id}' "
+        "AND attributes.status = 'FINISHED'",
     ])  # fmt: skip
     if spec.enqueue and not outcome.unlogged:
         from analysis.effect import effect_table, render_effect_table

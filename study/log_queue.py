@@ -148,7 +148,8 @@ class LogQueue:
             self._records.clear()
         if left:
             self.spool.parent.mkdir(parents=True, exist_ok=True)
-            with self.spool.open("a", encoding="utf-8") as file:
+            # Whatever an earlier spool still held was queued again first, so it is in `left`.
+            with self.spool.open("w", encoding="utf-8") as file:
                 for record in left:
                     file.write(json.dumps(record) + "\n")
         return len(left)

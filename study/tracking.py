@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from study.log_queue import LogQueue, Record
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text
@@ -45,6 +45,8 @@ NODES_TAG = "apc.node_ids"
 FAILURE_TAG = "apc.failure"
 #: On a trial run that logged some epochs twice (a resume re-ran them; the later values count).
 REPEATED_TAG = "apc.repeated_epochs"
+#: MLflow run statuses a trial's run ends with.
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 #: On the deleted run of a trial a resumed study does not know (see StudyTracker.discard_orphans).
 ORPHAN_TAG = "apc.orphaned"
 #: On a trial the scheduler stopped before its last epoch: its metrics are that epoch's.
@@ -170,7 +172,8 @@ class StudyTracker:
         spooled = LogQueue.load_spool(self._queue.spool)
         for record in spooled:
             self._queue.put(record)
-        self._queue.spool.unlink(missing_ok=True)
+        if spooled:  # the file goes once its records are in; until then a kill loses nothing
+            self._queue.put({"op": "spool_delivered"})
         return len(spooled)
 
     def teacher_run(self) -> str | None:
@@ -262,12 +265,12 @@ class StudyTracker:
             shutil.copyfile(path, kept)
         self._queue.put({"op": "artifact", "trial": trial_id, "path": str(kept), "dir": "model"})
 
-    def trial_ended(self, trial_id: str, *, failed: bool, reason: str = "") -> None:
+    def trial_ended(self, trial_id: str, *, status: RunStatus, reason: str = "") -> None:
+        """End the trial's run: FINISHED, FAILED (``reason`` tagged) or KILLED (stopped early
+        by the scheduler: its metrics are those of an unfinished training)."""
         if reason:
             self.trial_tag(trial_id, FAILURE_TAG, reason)
-        self._queue.put(
-            {"op": "end", "trial": trial_id, "status": "FAILED" if failed else "FINISHED"}
-        )
+        self._queue.put({"op": "end", "trial": trial_id, "status": status})
 
     def backfill(
         self, trials: Sequence[Mapping[str, Any]], *, method: str, teacher_run_id: str
@@ -336,6 +339,9 @@ class StudyTracker:
         op = record["op"]
         if op == "end_study":
             self.client.set_terminated(self.parent_run_id, record["status"])
+            return
+        if op == "spool_delivered":
+            self._queue.spool.unlink(missing_ok=True)
             return
         if op == "orphans":
             self._discard(set(record["known"]))
@@ -498,19 +504,20 @@ def tune_callback(
         ) -> None:
             self.tracker.trial_objectives(trial.trial_id, trial.last_result)
             done = int((trial.last_result or {}).get("training_iteration", 0))
-            if iterations is not None and done < iterations:
+            stopped = iterations is not None and done < iterations
+            if stopped:
                 self.tracker.trial_tag(
                     trial.trial_id, STOPPED_TAG, f"after {done} of {iterations} epochs"
                 )
             self.tracker.trial_model(trial.trial_id, trial.checkpoint)
-            self.tracker.trial_ended(trial.trial_id, failed=False)
+            self.tracker.trial_ended(trial.trial_id, status="KILLED" if stopped else "FINISHED")
 
         def on_trial_error(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             error = trial.get_error()
             reason = str(error).strip().splitlines()[-1] if error else "trial failed"
-            self.tracker.trial_ended(trial.trial_id, failed=True, reason=reason)
+            self.tracker.trial_ended(trial.trial_id, status="FAILED", reason=reason)
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             self.tracker.discard_orphans([trial.trial_id for trial in trials])

@@ -45,14 +45,15 @@ def test_a_resumed_study_keeps_its_runs_and_delivers_its_spool(store: tuple[str,
 
     second = _tracker(uri, root, "resumable")
     assert second.attach(parent) == 1
-    assert not second.spool.exists()
+    assert second.flush(30.0)
+    assert not second.spool.exists()  # deleted once its records were in
     assert second.trial_runs == {"t1": run_id}
     assert second.client.get_run(parent).info.status == "RUNNING"
     second.trial_started("t1", {"method": "distillation", "matching": "swa"})  # restarted
     # Resumed from the checkpoint of epoch 0: epoch 1 runs again.
     second.trial_result("t1", {"map": 25.0, "epoch": 1, "node_id": "n2"})
     second.trial_result("t1", {"map": 30.0, "epoch": 2, "node_id": "n2"})
-    second.trial_ended("t1", failed=False)
+    second.trial_ended("t1", status="FINISHED")
     assert second.close(status="FINISHED", timeout_s=30.0) == 0
 
     client = MlflowClient(tracking_uri=uri)
@@ -78,7 +79,7 @@ def test_runs_of_trials_tune_does_not_know_are_discarded(store: tuple[str, Path]
     tracker.start_study(spec, "name: orphans\n", "name: orphans\n")
     for trial_id in ("kept", "orphan"):
         tracker.trial_started(trial_id, {"method": "distillation"})
-    tracker.trial_ended("kept", failed=False)
+    tracker.trial_ended("kept", status="FINISHED")
     tracker.discard_orphans(["kept"])
     assert tracker.flush(30.0)
     assert set(tracker.trial_runs) == {"kept"}
