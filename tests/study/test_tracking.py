@@ -131,3 +131,28 @@ def test_backfill_logs_what_tune_recorded_and_mlflow_lacks(store: tuple[str, Pat
     assert unseen.info.status == "RUNNING"  # Tune goes on with it
     assert unseen.data.tags["apc.node_ids"] == "n1"
     tracker.close(status="FINISHED", timeout_s=10.0)
+
+
+def test_a_trial_the_scheduler_stopped_ends_killed_and_tagged(store: tuple[str, Path]) -> None:
+    from ray.tune.experiment import Trial
+
+    from study.tracking import tune_callback
+
+    uri, root = store
+    tracker = _tracker(uri, root, "asha")
+    spec = load_spec(DEMO_SPEC, overrides=["name=asha"])
+    tracker.start_study(spec, "name: asha\n", "name: asha\n")
+    callback = tune_callback(tracker, method="distillation", teacher_run_id="t", iterations=6)
+    statuses = {}
+    for trial_id, iterations in (("stopped", 2), ("full", 6)):
+        trial = Trial("distillation_trainable", config={}, trial_id=trial_id, stub=True)
+        callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+        result = {"map": 40.0, "epoch": iterations - 1, "training_iteration": iterations}
+        trial.update_last_result(result)  # type: ignore[no-untyped-call]
+        callback.on_trial_result(iteration=1, trials=[trial], trial=trial, result=result)
+        callback.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+        assert tracker.flush(30.0)
+        run = tracker.client.get_run(tracker.trial_runs[trial_id])
+        statuses[trial_id] = (run.info.status, run.data.tags.get("apc.stopped_early"))
+    assert statuses == {"stopped": ("KILLED", "after 2 of 6 epochs"), "full": ("FINISHED", None)}
+    tracker.close(status="FINISHED", timeout_s=10.0)
