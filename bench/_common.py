@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,3 +66,12 @@ def median(values: list[float]) -> float:
 def train_eval_seconds(rows: Sequence[Mapping[str, Any]]) -> float:
     """A trial's own work: its results' summed ``time_train_s`` + ``time_eval_s``."""
     return sum(float(r["time_train_s"]) + float(r["time_eval_s"]) for r in rows)
+
+
+def study_root(stack: contextlib.ExitStack, keep: Path | None, *, prefix: str) -> Path:
+    """Where a bench's studies go: ``keep`` (created) or a temporary folder ``stack`` removes."""
+    if keep is not None:
+        root = keep.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))

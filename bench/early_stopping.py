@@ -27,13 +27,12 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import emit, environment, train_eval_seconds
+from bench._common import emit, environment, study_root, train_eval_seconds
 from bench.sweep_overhead import _trial_results
 
 BENCH = "early_stopping"
@@ -122,11 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            root = args.keep.resolve()
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{BENCH}-")))
+        root = study_root(stack, args.keep, prefix=f"{BENCH}-")
         text, data = read_spec_text(DEMO_SPEC)
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # stdout: JSON lines only
         ray.init(address="local", include_dashboard=False, log_to_driver=True)

@@ -62,7 +62,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,7 +71,7 @@ from unittest import mock
 
 import torch
 
-from bench._common import emit, environment, train_eval_seconds
+from bench._common import emit, environment, study_root, train_eval_seconds
 from bench.sweep_overhead import _driver_spans, _trial_results
 
 BENCH = "scaling"
@@ -299,11 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = _cpu_parallel(args.baseline_steps) if args.baseline_steps > 0 else None
     settings: list[Setting] = []
     with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            root = args.keep.resolve()
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{BENCH}-")))
+        root = study_root(stack, args.keep, prefix=f"{BENCH}-")
         text, data = read_spec_text(DEMO_SPEC)
         # Ray's progress table and the trials' output go to stderr: stdout is JSON lines only.
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))

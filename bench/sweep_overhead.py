@@ -48,12 +48,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import emit, environment
+from bench._common import emit, environment, study_root
 
 BENCH = "sweep_overhead"
 TARGET_SHARE = 0.05
@@ -140,11 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from study.spec import SpecError, apply_overrides, parse_spec, read_spec_text
 
     with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            root = args.keep.resolve()
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{BENCH}-")))
+        root = study_root(stack, args.keep, prefix=f"{BENCH}-")
         text, data = read_spec_text(DEMO_SPEC)
         data, problems = apply_overrides(data, _spec_overrides(args, root))
         if problems:
