@@ -1,4 +1,4 @@
-"""Analysis of finished (or running) studies: Pareto fronts and the paper's comparison, from MLflow.
+"""Analysis of finished (or running) studies, from MLflow: Pareto fronts, hypervolume, effects.
 
 Importing this package stays cheap: ``load_trials`` imports MLflow only when it is called.
 """
@@ -6,6 +6,12 @@ Importing this package stays cheap: ``load_trials`` imports MLflow only when it 
 from __future__ import annotations
 
 from analysis.effect import EFFECT_METRICS, EffectRow, effect_table, render_effect_table
+from analysis.hypervolume import (
+    ReferencePointError,
+    default_reference,
+    hypervolume,
+    hypervolume_history,
+)
 from analysis.pareto import (
     Direction,
     ObjectivesError,
@@ -29,10 +35,14 @@ __all__ = [
     "Direction",
     "EffectRow",
     "ObjectivesError",
+    "ReferencePointError",
     "RunsQueryError",
     "TrackingStoreError",
     "UnknownStudyError",
+    "default_reference",
     "effect_table",
+    "hypervolume",
+    "hypervolume_history",
     "load_trials",
     "metric_columns",
     "param_columns",
