@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.matching_overhead
 	$(BIN)/python -m bench.metrics_throughput
+	$(BIN)/python -m bench.eval_throughput
 	$(BIN)/python -m bench.sweep_overhead
 	$(BIN)/python -m bench.scaling
 	$(BIN)/python -m bench.early_stopping
