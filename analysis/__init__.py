@@ -1,6 +1,8 @@
-"""Analysis of finished (or running) studies, from MLflow: Pareto fronts, hypervolume, effects.
+"""Analysis of finished (or running) studies, from MLflow: Pareto fronts, hypervolume, effects,
+reports.
 
-Importing this package stays cheap: ``load_trials`` imports MLflow only when it is called.
+Importing this package stays cheap: MLflow and matplotlib are imported only when a function
+that needs them is called.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from analysis.pareto import (
     pareto_mask,
     parse_objectives,
 )
+from analysis.report import (
+    NoFinishedTrialsError,
+    Report,
+    ReportRow,
+    log_report,
+    plot_hypervolume,
+    plot_metrics_vs_beta,
+    plot_pareto_matrix,
+    write_report,
+)
 from analysis.runs import (
     BadFilterError,
     RunsQueryError,
@@ -34,8 +46,11 @@ __all__ = [
     "BadFilterError",
     "Direction",
     "EffectRow",
+    "NoFinishedTrialsError",
     "ObjectivesError",
     "ReferencePointError",
+    "Report",
+    "ReportRow",
     "RunsQueryError",
     "TrackingStoreError",
     "UnknownStudyError",
@@ -44,10 +59,15 @@ __all__ = [
     "hypervolume",
     "hypervolume_history",
     "load_trials",
+    "log_report",
     "metric_columns",
     "param_columns",
     "pareto_front",
     "pareto_mask",
     "parse_objectives",
+    "plot_hypervolume",
+    "plot_metrics_vs_beta",
+    "plot_pareto_matrix",
     "render_effect_table",
+    "write_report",
 ]

@@ -283,6 +283,97 @@ def _pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """``apc report NAME``: the study's table and plots, logged to its study run under
+    ``report/`` and copied to ``--out DIR``; input checked before anything is written."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from study.preflight import tracking_problems
+
+    def usage(problems: list[str]) -> int:
+        for problem in problems:
+            print(f"apc report: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    problems: list[str] = []
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            problems.append(f"--out: {out} is a file; give a directory")
+        else:
+            above = next((p for p in out.parents if p.exists()), None)
+            if above is not None and not above.is_dir():
+                problems.append(f"--out: {above} is a file; give a directory")
+    problems += [
+        problem.replace("tracking_uri:", "--tracking-uri:", 1)
+        for problem in tracking_problems(args.tracking_uri)
+    ]
+    if problems:
+        return usage(problems)
+
+    from mlflow.exceptions import MlflowException
+
+    from analysis.report import ARTIFACT_DIR, log_report, parent_filter, write_report
+    from analysis.runs import RunsQueryError, load_trials
+    from study.tracking import find_study
+
+    try:
+        parent = find_study(args.tracking_uri, args.name)
+        if parent is None:
+            load_trials(args.tracking_uri, args.name)  # says why: no store, no such study
+            return usage([
+                f"study {args.name!r}: no study run (tag apc.role=study) in {args.tracking_uri}"
+            ])  # fmt: skip
+        parent_run_id = str(parent.info.run_id)
+        trials = load_trials(
+            args.tracking_uri, args.name, filter_string=parent_filter(parent_run_id)
+        )
+    except RunsQueryError as error:
+        return usage([str(error)])
+    except MlflowException as error:  # the store answered, but not as an MLflow store
+        return usage([f"tracking URI {args.tracking_uri!r}: {str(error.message).strip()}"])
+    with tempfile.TemporaryDirectory(prefix="apc-report-") as scratch:
+        try:
+            report = write_report(
+                args.tracking_uri, args.name, parent_run_id=parent_run_id,
+                folder=Path(scratch) / ARTIFACT_DIR, trials=trials,
+            )  # fmt: skip
+        except RunsQueryError as error:  # no FINISHED trial: refused before writing
+            return usage([str(error)])
+        except MlflowException as error:
+            print(f"apc report: MLflow: {error.message}", file=sys.stderr)
+            return 1
+        try:
+            where = log_report(args.tracking_uri, report)
+        except (MlflowException, OSError) as error:
+            reason = error.message if isinstance(error, MlflowException) else error
+            print(
+                f"apc report: cannot log the report to study run {parent_run_id}: {reason}",
+                file=sys.stderr,
+            )
+            return 1
+        if out is not None:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                for path in report.files:
+                    shutil.copyfile(path, out / path.name)
+            except OSError as error:
+                print(f"apc report: --out: cannot write {out}: {error}", file=sys.stderr)
+                return 1
+    names = ", ".join(path.name for path in report.files)
+    print(report.table)
+    print(
+        f"{report.finished} of {report.trials} trials FINISHED; {report.front} on the Pareto "
+        "front of " + ", ".join(f"{n}:{d}" for n, d in report.objectives.items())
+    )
+    print(f"logged to study run {parent_run_id} under {ARTIFACT_DIR}/: {names} ({where})")
+    if out is not None:
+        print(f"wrote {names} to {out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apc", description="Attribution-preserving network compression studies."
@@ -320,6 +411,16 @@ def _parser() -> argparse.ArgumentParser:
     pareto.add_argument("--out", metavar="PATH", help="write to PATH instead of stdout")
     pareto.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
     pareto.set_defaults(handler=_pareto)
+    report = commands.add_parser(
+        "report",
+        help="the paper's table and plots of a study, logged to its MLflow study run",
+    )
+    report.add_argument("name", metavar="NAME", help="the study's name (its MLflow experiment)")
+    report.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
+    report.add_argument(
+        "--out", metavar="DIR", help="also write the report's files to DIR (created if needed)"
+    )
+    report.set_defaults(handler=_report)
     run = commands.add_parser("run", help="run a study (the embedded demo when SPEC is omitted)")
     run.add_argument("spec", metavar="SPEC", nargs="?", help="study spec (default: the demo)")
     run.add_argument("--name", help="study name (overrides the spec's)")
