@@ -344,3 +344,53 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
     )  # fmt: skip
     assert again.returncode == 2
     assert "is finished" in again.stderr
+
+
+def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup) -> None:
+    """What the MLflow UI shows, asked through the same server's REST API (the UI's own
+    calls): the nested runs, a metric's history, and the report's plots as PNG. Uses the study
+    the resume test finished (this module's tests run in order)."""
+    import requests
+
+    base = setup.mlflow.uri
+    page = requests.get(f"{base}/", timeout=30)
+    assert page.ok
+    assert "<title>MLflow</title>" in page.text
+    report = subprocess.run(
+        [str(BIN / "apc"), "report", "resumed", "--tracking-uri", base],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stdout + report.stderr
+
+    api = f"{base}/api/2.0/mlflow"
+    experiment = requests.get(
+        f"{api}/experiments/get-by-name", params={"experiment_name": "resumed"}, timeout=30
+    ).json()["experiment"]
+    runs = requests.post(
+        f"{api}/runs/search", json={"experiment_ids": [experiment["experiment_id"]]}, timeout=30
+    ).json()["runs"]
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    (parent,) = [run for run, tag in zip(runs, tags, strict=True) if tag["apc.role"] == "study"]
+    parent_id = parent["info"]["run_id"]
+    trials = [run for run, tag in zip(runs, tags, strict=True) if tag["apc.role"] == "trial"]
+    assert len(trials) == 4
+    for tag in tags:
+        if tag["apc.role"] != "study":
+            assert tag["mlflow.parentRunId"] == parent_id  # nested under the study in the UI
+    history = requests.get(
+        f"{api}/metrics/get-history",
+        params={"run_id": trials[0]["info"]["run_id"], "metric_key": "map"}, timeout=30,
+    ).json()["metrics"]  # fmt: skip
+    assert sorted(point["step"] for point in history) == list(range(EPOCHS))
+
+    listed = requests.get(
+        f"{api}/artifacts/list", params={"run_id": parent_id, "path": "report"}, timeout=30
+    ).json()["files"]
+    images = [f["path"] for f in listed if f["path"].endswith(".png")]
+    assert "report/pareto_matrix.png" in images
+    for path in images:
+        served = requests.get(
+            f"{base}/get-artifact", params={"path": path, "run_uuid": parent_id}, timeout=30
+        )
+        assert served.ok
+        assert served.content.startswith(b"\x89PNG\r\n\x1a\n")
