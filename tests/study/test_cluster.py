@@ -16,6 +16,7 @@ shared local storage path. Three studies run on it, each a separate driver proce
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -177,27 +178,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
     root = tmp_path_factory.mktemp("cluster")
     mlflow = MlflowServer(root)
-    mlflow.start()
-    dashboard_port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": dashboard_port,
-        },
-    )  # fmt: skip
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
-    _wait(lambda: _job_server_ready(dashboard), timeout_s=120, what="the Ray Jobs server")
-    spec = root / "spec.yaml"
-    spec.write_text(SPEC)
-    try:
+    with contextlib.ExitStack() as cleanup:  # a failed start still stops what did start
+        cleanup.callback(mlflow.stop)
+        mlflow.start()
+        dashboard_port = _free_port()
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                "dashboard_port": dashboard_port,
+            },
+        )  # fmt: skip
+        cleanup.callback(cluster.shutdown)
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        _wait(lambda: _job_server_ready(dashboard), timeout_s=120, what="the Ray Jobs server")
+        spec = root / "spec.yaml"
+        spec.write_text(SPEC)
         yield Setup(cluster, mlflow, spec, root / "results", dashboard)
-    finally:
-        cluster.shutdown()  # type: ignore[no-untyped-call]
-        mlflow.stop()
 
 
 def _steps(client: Any, run_id: str, metric: str) -> list[int]:
@@ -312,7 +312,7 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
     assert len(runs) == 4
     assert len({r.data.tags["apc.trial_id"] for r in runs}) == 4
     for run in runs:
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED", run.data.tags.get("apc.failure")
         steps = _steps(client, run.info.run_id, "loss")
         if run.info.run_id in ended:  # finished before the kill: not run again
             assert steps == list(range(EPOCHS))
