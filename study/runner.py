@@ -200,16 +200,24 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
             callbacks=[callback],
             # A trial whose worker or node dies restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: a killed driver's last snapshot of the experiment may name the
+            # checkpoint before a trial's newest, and Tune refuses to restore a trial whose
+            # named checkpoint is gone. Snapshots are at most TUNE_GLOBAL_CHECKPOINT_S apart.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,
         ),
     )
 
 
 def _driver_environment() -> None:
-    # Every epoch checkpoints (num_to_keep=1), so with short epochs Tune snapshots its state
-    # every few seconds and warns each time; on local or shared storage that is cheap.
+    # Every epoch checkpoints, so with short epochs Tune snapshots its state every few seconds
+    # and warns each time; on local or shared storage that is cheap.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment (trial states, checkpoints, searcher) at least every second
+    # instead of Tune's adaptive 10 s or more: `apc resume` restores from the last snapshot,
+    # and with two checkpoints kept it names one that still exists unless a trial finished
+    # two epochs within that second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # MLflow retries a failed request for minutes by default; the log queue retries on its own
     # (study.log_queue), so a request gives up sooner and the queue keeps its order.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -206,40 +206,6 @@ def _export(model: nn.Module, setup: TrialSetup, path: Path) -> None:
         warnings.warn(f"export: the compressed model was not saved: {error}", stacklevel=2)
 
 
-def _restorable(checkpoint: Any) -> Any:
-    """``checkpoint``, or the trial's newest checkpoint that still exists when it is gone.
-
-    Tune keeps one checkpoint per trial and snapshots its experiment a moment after each one;
-    a driver killed in between leaves a snapshot that names a checkpoint already deleted, and
-    ``Tuner.restore`` hands the trial that one. Its newer sibling is the state to go on from.
-    """
-    import pyarrow.fs
-    from ray import tune
-
-    if checkpoint is None:
-        return None
-    filesystem, path = checkpoint.filesystem, checkpoint.path
-    if filesystem.get_file_info(f"{path}/{CHECKPOINT_FILE}").type != pyarrow.fs.FileType.NotFound:
-        return checkpoint
-    parent = path.rstrip("/").rsplit("/", 1)[0]
-    siblings = sorted(
-        info.path
-        for info in filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
-    )
-    for candidate in reversed(siblings):
-        state = filesystem.get_file_info(f"{candidate}/{CHECKPOINT_FILE}")
-        if state.type != pyarrow.fs.FileType.NotFound:
-            warnings.warn(
-                f"checkpoint {path} is gone (Tune's snapshot predates the trial's newest "
-                f"checkpoint); going on from {candidate}",
-                stacklevel=2,
-            )
-            return tune.Checkpoint(candidate, filesystem=filesystem)
-    warnings.warn(f"checkpoint {path} is gone and no other remains: starting over", stacklevel=2)
-    return None
-
-
 def run_tune_trial(
     run: TrialRun,
     config: Mapping[str, Any],
@@ -264,7 +230,7 @@ def run_tune_trial(
 
     torch.set_num_threads(max(1, setup.threads))
     resume: Mapping[str, Any] | None = None
-    checkpoint = _restorable(tune.get_checkpoint())
+    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)

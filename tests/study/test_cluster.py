@@ -291,7 +291,8 @@ def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) ->
 
 
 def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup) -> None:
-    driver = _driver(setup, "resumed", SETTINGS)
+    # Epochs of a second or more: Tune snapshots the experiment every second (runner).
+    driver = _driver(setup, "resumed", SETTINGS, "dataset.train_size=480")
     client = setup.client()
     finished = _wait(
         lambda: [r for r in setup.trial_runs("resumed") if r.info.status == "FINISHED"],
