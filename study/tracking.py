@@ -475,13 +475,7 @@ def tune_callback(
 
         @property
         def tracker(self) -> StudyTracker:
-            try:
-                return _ACTIVE[self.parent_run_id]
-            except KeyError:
-                raise RuntimeError(
-                    f"apc: no tracker for study run {self.parent_run_id} in this process; "
-                    "restore a study with `apc resume NAME`"
-                ) from None
+            return _active_tracker(self.parent_run_id)
 
         def __reduce__(self) -> Any:
             # Tune pickles its callbacks with the Tuner's state; the tracker (a thread, a
@@ -525,15 +519,22 @@ def tune_callback(
     return MlflowTrials()
 
 
-def _restored_callback(
-    parent_run_id: str, method: str, teacher_run_id: str, iterations: int | None
-) -> Any:
-    tracker = _ACTIVE.get(parent_run_id)
-    if tracker is None:
+def _active_tracker(parent_run_id: str) -> StudyTracker:
+    try:
+        return _ACTIVE[parent_run_id]
+    except KeyError:
         raise RuntimeError(
             f"apc: no tracker for study run {parent_run_id} in this process; "
             "restore a study with `apc resume NAME`"
-        )
+        ) from None
+
+
+def _restored_callback(
+    parent_run_id: str, method: str, teacher_run_id: str, iterations: int | None
+) -> Any:
     return tune_callback(
-        tracker, method=method, teacher_run_id=teacher_run_id, iterations=iterations
+        _active_tracker(parent_run_id),
+        method=method,
+        teacher_run_id=teacher_run_id,
+        iterations=iterations,
     )
