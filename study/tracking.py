@@ -166,9 +166,10 @@ class StudyTracker:
                 self.trial_runs[trial_id] = run.info.run_id
                 nodes = run.data.tags.get(NODES_TAG, "")
                 self._nodes[trial_id] = nodes.split(",") if nodes else []
-                if run.info.status == "RUNNING":  # it may re-run epochs it logged
-                    history = self.client.get_metric_history(run.info.run_id, "loss")
-                    self._last_step[trial_id] = max((m.step for m in history), default=-1)
+                # Any trial may re-run epochs it logged: Tune's snapshot can predate even a
+                # finish that MLflow already holds.
+                history = self.client.get_metric_history(run.info.run_id, "loss")
+                self._last_step[trial_id] = max((m.step for m in history), default=-1)
         spooled = LogQueue.load_spool(self._queue.spool)
         for record in spooled:
             self._queue.put(record)

@@ -237,7 +237,9 @@ def test_job_submitted_study_spans_nodes_survives_mlflow_outage_and_a_diverged_t
     assert diverged.data.tags["apc.failure"].startswith("trainables.loop.DivergedError: loss is")
     others = [r for r in runs if r is not diverged]
     # Two trials run at once and each worker node has one CPU: they ran on both nodes.
-    nodes = {node for run in runs for node in run.data.tags["apc.node_ids"].split(",")}
+    # (The diverged trial's last result can lose the race with its error in Tune, and with
+    # it the node tag.)
+    nodes = {n for run in runs for n in run.data.tags.get("apc.node_ids", "").split(",") if n}
     assert nodes == {node.node_id for node in setup.cluster.worker_nodes}
     for run in others:
         assert run.info.status == "FINISHED"
@@ -265,7 +267,8 @@ def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) ->
     def running_trial_after_one_epoch() -> Any:
         for run in setup.trial_runs("nodekill"):
             logged = len(_steps(client, run.info.run_id, "loss"))
-            if run.info.status == "RUNNING" and 1 <= logged < EPOCHS:
+            running = run.info.status == "RUNNING" and "apc.node_ids" in run.data.tags
+            if running and 1 <= logged < EPOCHS:
                 return run
         return None
 
@@ -315,8 +318,8 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
     for run in runs:
         assert run.info.status == "FINISHED", run.data.tags.get("apc.failure")
         steps = _steps(client, run.info.run_id, "loss")
-        if run.info.run_id in ended:  # finished before the kill: not run again
-            assert steps == list(range(EPOCHS))
+        if run.info.run_id in ended and steps == list(range(EPOCHS)):
+            # finished before the kill and in Tune's last snapshot: not run again
             assert run.info.end_time == ended[run.info.run_id]
             continue
         # A trial running at the kill goes on from the checkpoint in Tune's last snapshot of
