@@ -28,13 +28,19 @@ import yaml
 from search_spaces import SearchSpace, load_search_space, nearest_name
 from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
-from trainables.metric_names import METRICS
+from trainables.metric_names import (
+    ATTRIBUTION_METHOD_NAMES,
+    ATTRIBUTION_METRICS,
+    METRICS,
+    method_metric,
+)
 from trainables.registry import check_method_options, trainable_names
 
 __all__ = [
     "METHODS",
     "SAMPLERS",
     "DatasetSpec",
+    "EvaluationSpec",
     "ResourcesSpec",
     "SchedulerSpec",
     "Spec",
@@ -114,6 +120,19 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class EvaluationSpec:
+    """``evaluation:``: what a trial measures beyond the per-epoch Grad-CAM metrics.
+
+    ``attribution_methods``: further attribution methods whose metrics (``attr_auc_lrp``...)
+    the teacher and each trial's last epoch measure; ``overlay_images``: evaluation images in
+    each trial's teacher-vs-student overlay (0: none).
+    """
+
+    attribution_methods: tuple[str, ...] = ()
+    overlay_images: int = 8
+
+
+@dataclass(frozen=True)
 class Spec:
     """A validated study spec (see design.md, "Spec")."""
 
@@ -136,6 +155,7 @@ class Spec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     resources_per_trial: ResourcesSpec = field(default_factory=ResourcesSpec)
     scheduler: SchedulerSpec | None = None
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     tracking_uri: str = "sqlite:///mlflow.db"
     storage_path: str = "apc_results"
     ray_address: str | None = None
@@ -285,7 +305,8 @@ def _checkpoint_problem(file: Path, shown: str) -> str | None:
 _TOP_KEYS = (
     "name", "seed", "dataset", "teacher", "method", "method_options", "search_space", "enqueue",
     "objectives", "sampler", "trials", "max_concurrent", "epochs", "training",
-    "resources_per_trial", "scheduler", "tracking_uri", "storage_path", "ray_address",
+    "resources_per_trial", "scheduler", "evaluation", "tracking_uri", "storage_path",
+    "ray_address",
 )  # fmt: skip
 
 
@@ -443,6 +464,52 @@ def _scheduler(data: object, problems: list[str]) -> SchedulerSpec | None:
         grace_period=s.get("grace_period", 1, _integer(1)),
         reduction_factor=s.get("reduction_factor", 3.0, _number(1, math.inf, low_open=True)),
     )
+
+
+def _evaluation(data: object, problems: list[str]) -> EvaluationSpec:
+    s = _Section(data, "evaluation", problems, ("attribution_methods", "overlay_images"))
+    further = ATTRIBUTION_METHOD_NAMES[1:]
+
+    def methods(value: Any) -> str | None:
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            return "must be a list of method names"
+        unknown = [m for m in value if m not in further]
+        if unknown:
+            return f"must name methods among {', '.join(further)} (Grad-CAM is always on)"
+        return None
+
+    d = EvaluationSpec()
+    chosen = s.get("attribution_methods", list(d.attribution_methods), methods)
+    return EvaluationSpec(
+        attribution_methods=tuple(dict.fromkeys(chosen)),
+        overlay_images=s.get("overlay_images", d.overlay_images, _integer(0)),
+    )
+
+
+def _method_metric_problems(
+    evaluation: EvaluationSpec,
+    objectives: Mapping[str, str],
+    scheduler: SchedulerSpec | None,
+) -> list[str]:
+    """A further method's metric is measured only when the method is on, at the last epoch."""
+    problems = []
+    owners = {
+        method_metric(metric, method): method
+        for method in ATTRIBUTION_METHOD_NAMES[1:]
+        for metric in ATTRIBUTION_METRICS
+    }
+    for name in objectives:
+        if name in owners and owners[name] not in evaluation.attribution_methods:
+            problems.append(
+                f"objectives.{name}: needs {owners[name]!r} in evaluation.attribution_methods, "
+                f"got {list(evaluation.attribution_methods)}"
+            )
+    if scheduler is not None and scheduler.metric in owners:
+        problems.append(
+            f"scheduler.metric: must be measured every epoch; {scheduler.metric} is measured "
+            f"with a trial's last epoch only, got {scheduler.metric!r}"
+        )
+    return problems
 
 
 def _objectives(data: object, problems: list[str]) -> dict[str, Literal["min", "max"]]:
@@ -626,6 +693,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         training=_training(data.get("training"), problems),
         resources_per_trial=_resources(data.get("resources_per_trial"), problems),
         scheduler=_scheduler(data.get("scheduler"), problems),
+        evaluation=_evaluation(data.get("evaluation"), problems),
         tracking_uri=s.get("tracking_uri", "sqlite:///mlflow.db", _string),
         storage_path=s.get("storage_path", "apc_results", _string),
         ray_address=s.get("ray_address", None, _optional(_string)),
@@ -640,6 +708,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
             for problem in check_method_options(method, method_options, epochs=spec.epochs)
         )
     spec = replace(spec, method_options=dict(method_options))
+    problems.extend(_method_metric_problems(spec.evaluation, spec.objectives, spec.scheduler))
     if problems:
         raise SpecError(problems)
     return spec

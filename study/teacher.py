@@ -71,6 +71,8 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
         multi_label=spec.dataset.name != "imagefolder",
         headline=tuple(spec.objectives),
         extra=dict(spec.method_options),
+        attribution_methods=spec.evaluation.attribution_methods,
+        overlay_images=spec.evaluation.overlay_images,
     )
 
 
@@ -142,17 +144,22 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
     train_loader, _ = make_loaders(replace(setup, dataset_options=teacher_data))
 
     evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
+    # The teacher's row of each further method's table: measured once, like a trial's last epoch.
+    final_evaluation = make_evaluator(
+        eval_loader, multi_label=setup.multi_label,
+        attribution_methods=("grad_cam", *setup.attribution_methods),
+    )  # fmt: skip
 
     if spec.teacher.checkpoint is not None:
         path = Path(spec.teacher.checkpoint)
         model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-        return TeacherResult(model.state_dict(), evaluation(model, None), path, "", False)
+        return TeacherResult(model.state_dict(), final_evaluation(model, None), path, "", False)
     key = teacher_key(spec)
     path = cache_dir / f"teacher-{key}.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
         print(f"teacher: cached weights {path}", file=sys.stderr)
-        return TeacherResult(model.state_dict(), evaluation(model, None), path, key, False)
+        return TeacherResult(model.state_dict(), final_evaluation(model, None), path, key, False)
     final: dict[str, float] = {}
     progress = _progress(spec.teacher.epochs, time.monotonic())
 
@@ -176,4 +183,6 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
     partial = path.with_suffix(".tmp")
     torch.save(state, partial)
     partial.replace(path)  # atomic: a killed run never leaves half a teacher in the cache
+    if setup.attribution_methods:
+        final.update(final_evaluation(model, None))
     return TeacherResult(state, final, path, key, True)

@@ -26,8 +26,8 @@ from typing import Any, Literal
 from study.log_queue import LogQueue, Record
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text
 from study.spec import Spec
-from trainables.export import MODEL_FILE
 from trainables.metric_names import METRICS, Direction
+from trainables.trial_artifacts import TRIAL_ARTIFACTS
 
 __all__ = [
     "EFFECTIVE_SPEC_FILE",
@@ -248,23 +248,29 @@ class StudyTracker:
     def trial_tag(self, trial_id: str, key: str, value: str) -> None:
         self._queue.put({"op": "tag", "trial": trial_id, "key": key, "value": value[:5000]})
 
-    def trial_model(self, trial_id: str, checkpoint: Any) -> None:
-        """Log the compressed model in the trial's last Tune checkpoint, if it holds one.
+    def trial_artifacts(self, trial_id: str, checkpoint: Any) -> None:
+        """Log the files of the trial's last Tune checkpoint that are artifacts of its run.
 
-        Trials save it with their last epoch (``trainables.export``); it is logged as the
-        artifact ``model/model.pt2``, which ``torch.export.load(path).module()`` loads. The
-        file is copied next to the spool first, so it outlives Tune's checkpoint clean-up.
+        Trials write them with their last epoch (:data:`trainables.trial_artifacts.
+        TRIAL_ARTIFACTS`: the compressed model as ``model/model.pt2``, which
+        ``torch.export.load(path).module()`` loads; per-sample results as
+        ``evaluation/per_sample.parquet``; attribution overlays under ``attributions/``).
+        Each file is copied next to the spool first, so it outlives Tune's checkpoint clean-up.
         """
         if checkpoint is None:
             return
+        kept_dir = self._queue.spool.parent / "pending-artifacts" / trial_id
         with checkpoint.as_directory() as folder:
-            path = Path(folder) / MODEL_FILE
-            if not path.is_file():
-                return
-            kept = self._queue.spool.parent / "pending-artifacts" / trial_id / MODEL_FILE
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, kept)
-        self._queue.put({"op": "artifact", "trial": trial_id, "path": str(kept), "dir": "model"})
+            for name, artifact_dir in TRIAL_ARTIFACTS.items():
+                path = Path(folder) / name
+                if not path.is_file():
+                    continue
+                kept = kept_dir / artifact_dir / name
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, kept)
+                self._queue.put(
+                    {"op": "artifact", "trial": trial_id, "path": str(kept), "dir": artifact_dir}
+                )
 
     def trial_ended(self, trial_id: str, *, status: RunStatus, reason: str = "") -> None:
         """End the trial's run: FINISHED, FAILED (``reason`` tagged) or KILLED (stopped early
@@ -301,7 +307,7 @@ class StudyTracker:
                                  else "FAILED"})  # fmt: skip
                 if trial["status"] == "TERMINATED":
                     self.trial_objectives(trial_id, last)
-                    self.trial_model(trial_id, trial["checkpoint"])
+                    self.trial_artifacts(trial_id, trial["checkpoint"])
 
     def discard_orphans(self, trial_ids: list[str]) -> None:
         """Delete the trial runs of trials Tune does not know (``trial_ids`` are all it knows).
@@ -381,7 +387,7 @@ class StudyTracker:
             path = Path(record["path"])
             if path.is_file():
                 self.client.log_artifact(run_id, str(path), artifact_path=record["dir"])
-                shutil.rmtree(path.parent, ignore_errors=True)
+                path.unlink(missing_ok=True)
         elif op == "end":
             # A trial Tune had finished after its last snapshot ends again after a resume.
             if self.client.get_run(run_id).info.status != record["status"]:
@@ -504,7 +510,7 @@ def tune_callback(
                 self.tracker.trial_tag(
                     trial.trial_id, STOPPED_TAG, f"after {done} of {iterations} epochs"
                 )
-            self.tracker.trial_model(trial.trial_id, trial.checkpoint)
+            self.tracker.trial_artifacts(trial.trial_id, trial.checkpoint)
             self.tracker.trial_ended(trial.trial_id, status="KILLED" if stopped else "FINISHED")
 
         def on_trial_error(

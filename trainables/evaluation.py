@@ -20,8 +20,17 @@ Attribution metrics, over (image, class) *pairs* (the paper's protocol)
       distance of the L2-normalised maps, raw, in [0, sqrt(2)]): the teacher's Grad-CAM map of the
       same class against the student's, over all pairs (masks not needed). Only with a teacher.
 
+    Grad-CAM is the default map; ``attribution_methods`` scores further methods' maps too
+    (Integrated Gradients, LRP, EBP, RAP: :mod:`trainables.attribution_methods`), under the
+    metric names of :func:`trainables.metric_names.method_metric`.
+
     An applicable metric whose pairs are all missing (e.g. a model that predicts nothing) is
     NaN, so that every epoch reports the same keys.
+
+PIEs (pruning-identified exemplars), with a teacher
+    ``pie_fraction``: the fraction of images whose predicted class set differs from the
+    teacher's (the PIE paper's definition with one model on each side; see
+    :mod:`analysis.pies` for modal labels over several).
 
 Cost: per batch one forward pass of each network without autograd; Grad-CAM's channel weights
 for all pairs of a batch come from one backward pass through the head only
@@ -33,9 +42,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +54,7 @@ from torch import Tensor, nn
 from trainables.attribution import swa_map, upsample_maps
 from trainables.losses import task_loss
 from trainables.matching import MatchingConfig, select_classes, sensitivity_weights
+from trainables.metric_names import ATTRIBUTION_METHOD_NAMES, method_metric
 from trainables.metrics import (
     f1_samples,
     map_cosine,
@@ -65,12 +75,16 @@ PER_SAMPLE_COLUMNS: dict[str, str] = {
     "loss": "float64: the image's task loss",
     "correct": "bool: every label predicted right (single-label: arg-max equals the target)",
     "num_pairs": "int64: ground-truth positive classes the model predicts (the image's pairs)",
+    "teacher_agree": "bool: the predicted class set equals the teacher's (with a teacher)",
+    "teacher_correct": "bool: the teacher predicts every label right (with a teacher)",
     "attr_auc": "float64: mean ROC-AUC of the image's pairs in %, NaN without a scorable mask",
     "point_acc": "float64: pointing hits of the image's pairs in %, NaN without a mask",
-    "teacher_agree": "bool: the predicted class set equals the teacher's (with a teacher)",
     "attr_cos": "float64: mean teacher/student map cosine of the image's pairs, NaN if none",
     "attr_l2": "float64: mean teacher/student map L2 distance of its pairs, NaN if none",
+    "predicted": "bool [N, num_classes]: the model's predicted class set",
+    "teacher_predicted": "bool [N, num_classes]: the teacher's predicted class set",
 }
+"""Every attribution column also exists per further attribution method (``attr_auc_lrp``...)."""
 
 _PAIRS = MatchingConfig(kind="swa", classes="positives")
 
@@ -81,9 +95,10 @@ class Evaluation:
 
     Attributes:
         metrics: canonical metric name (:data:`trainables.metric_names.METRICS`) -> value.
-        per_sample: column name (:data:`PER_SAMPLE_COLUMNS`) -> numpy array [N], one entry
-            per evaluated image in loader order; the attribution and teacher columns are present
-            exactly when the matching metrics are.
+        per_sample: column name (:data:`PER_SAMPLE_COLUMNS`) -> numpy array [N] (the
+            predicted class sets [N, num_classes]), one entry per evaluated image in loader
+            order; the attribution and teacher columns are present exactly when the matching
+            metrics are.
     """
 
     metrics: dict[str, float]
@@ -164,69 +179,126 @@ def _mean_by_row(values: Tensor, rows: Tensor, batch: int) -> Tensor:
     return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
 
 
+@dataclass(frozen=True)
+class _BatchPairs:
+    """The (image, class) pairs of one batch, and what each method's maps are made from.
+
+    ``classes``/``valid`` [B, K] are the pairs padded per image; ``rows``/``targets`` [P] the
+    image row and class of each valid pair, in the same order.
+    """
+
+    images: Tensor  # [B, 3, H, W]
+    classes: Tensor  # [B, K] int64
+    valid: Tensor  # [B, K] bool
+    rows: Tensor  # [P] int64
+    targets: Tensor  # [P] int64
+
+    @classmethod
+    def of(cls, images: Tensor, pairs: Tensor) -> _BatchPairs:
+        """From the batch's pair matrix ``pairs`` [B, num_classes] bool (at least one True)."""
+        as_scores = pairs.to(images.dtype)
+        classes, valid = select_classes(as_scores, as_scores, _PAIRS)
+        rows, slots = valid.nonzero(as_tuple=True)
+        return cls(images, classes, valid, rows, classes[rows, slots])
+
+
+def _method_maps(
+    method: str, model: nn.Module, features: Tensor, pairs: _BatchPairs, size: tuple[int, int]
+) -> Tensor:
+    """``method``'s maps of every pair at resolution ``size``: [P, *size].
+
+    Grad-CAM reuses the batch's matched-layer ``features`` (no second forward pass); the other
+    methods run on each pair's image, ``len(images)`` pairs at a time so memory stays that of
+    a batch.
+    """
+    if method == "grad_cam":
+        return upsample_maps(_pair_maps(model, features, pairs.classes, pairs.valid), size)
+    from trainables.attribution_methods import ATTRIBUTION_METHODS
+
+    explain = ATTRIBUTION_METHODS[method]
+    chunk = max(1, pairs.images.shape[0])
+    maps = []
+    with torch.enable_grad():
+        for start in range(0, pairs.rows.numel(), chunk):
+            rows = pairs.rows[start : start + chunk]
+            targets = pairs.targets[start : start + chunk]
+            maps.append(explain(model, pairs.images[rows], targets).detach())
+    out = torch.cat(maps)
+    return out if tuple(out.shape[-2:]) == size else upsample_maps(out, size)
+
+
 def _score_pairs(
+    method: str,
     model: nn.Module,
     features: Tensor,
-    pairs: Tensor,
+    pairs: _BatchPairs,
     *,
-    image_size: tuple[int, int],
     masks: Tensor | None,
     teacher: nn.Module | None,
     teacher_features: Tensor | None,
 ) -> _PairScores:
-    """Grad-CAM of every pair of one batch against its mask and the teacher's map.
+    """``method``'s map of every pair of one batch against its mask and the teacher's map.
 
     Args:
+        method: a name of :data:`trainables.metric_names.ATTRIBUTION_METHOD_NAMES`.
         model: the evaluated network.
         features: [B, C, h, w] its matched-layer features.
-        pairs: [B, num_classes] bool, the batch's (image, class) pairs (at least one).
-        image_size: (H, W) of the images.
-        masks: [B, num_classes, H, W] bool ground-truth masks, or None.
+        pairs: the batch's (image, class) pairs.
+        masks: [B, num_classes, H_m, W_m] bool ground-truth masks, or None; maps are compared
+            at the masks' resolution.
         teacher: the teacher, or None.
         teacher_features: [B, C_t, h_t, w_t] the teacher's matched-layer features, or None.
     """
-    # Each image's pair classes padded to K (in class order), with a validity mask.
-    as_scores = pairs.to(features.dtype)
-    classes, valid = select_classes(as_scores, as_scores, _PAIRS)  # [B, K] x 2
-    rows, slots = valid.nonzero(as_tuple=True)
-    scores = _PairScores(rows=rows.cpu())
-    student_maps = _pair_maps(model, features, classes, valid)  # [P, h, w]
-    student_up = upsample_maps(student_maps, image_size)  # [P, H, W]
+    scores = _PairScores(rows=pairs.rows.cpu())
+    image_size = (pairs.images.shape[-2], pairs.images.shape[-1])
+    student_maps = _method_maps(method, model, features, pairs, image_size)  # [P, H, W]
     if masks is not None:
-        pair_masks = masks[rows, classes[rows, slots]]  # [P, H, W]
-        if pair_masks.shape[-2:] != student_up.shape[-2:]:
-            mask_size = (pair_masks.shape[-2], pair_masks.shape[-1])
-            student_at_masks = upsample_maps(student_maps, mask_size)
-        else:
-            student_at_masks = student_up
-        scores.auc = roc_auc(student_at_masks, pair_masks).cpu()
-        hit = pointing_game(student_at_masks, pair_masks).to(torch.float64)
+        pair_masks = masks[pairs.rows, pairs.targets]  # [P, H_m, W_m]
+        mask_size = (pair_masks.shape[-2], pair_masks.shape[-1])
+        at_masks = student_maps if mask_size == image_size else upsample_maps(
+            student_maps, mask_size
+        )  # fmt: skip
+        scores.auc = roc_auc(at_masks, pair_masks).cpu()
+        hit = pointing_game(at_masks, pair_masks).to(torch.float64)
         empty = ~pair_masks.flatten(1).any(dim=1)
         scores.hit = hit.masked_fill(empty, math.nan).cpu()
     if teacher is not None and teacher_features is not None:
-        teacher_maps = _pair_maps(teacher, teacher_features, classes, valid)
-        teacher_up = upsample_maps(teacher_maps, image_size)
-        scores.cos = map_cosine(teacher_up, student_up).cpu()
-        scores.l2 = map_l2(teacher_up, student_up).cpu()
+        teacher_maps = _method_maps(method, teacher, teacher_features, pairs, image_size)
+        scores.cos = map_cosine(teacher_maps, student_maps).cpu()
+        scores.l2 = map_l2(teacher_maps, student_maps).cpu()
     return scores
 
 
+#: Pair score (:class:`_PairScores` field) -> the attribution metric it is averaged into.
+_SCORE_METRICS: Final[dict[str, str]] = {
+    "auc": "attr_auc", "hit": "point_acc", "cos": "attr_cos", "l2": "attr_l2",
+}  # fmt: skip
+#: Attribution metrics that are percentages.
+_PERCENT_SCORES: Final = frozenset({"auc", "hit"})
+
+
+def _score_names(*, masks: bool, teacher: bool) -> list[str]:
+    return (["auc", "hit"] if masks else []) + (["cos", "l2"] if teacher else [])
+
+
 def _record_pairs(
-    acc: _Accumulator, scores: _PairScores | None, batch: int, *, masks: bool, teacher: bool
+    acc: _Accumulator,
+    method: str,
+    scores: _PairScores | None,
+    batch: int,
+    *,
+    masks: bool,
+    teacher: bool,
 ) -> None:
     """Per-pair scores into the running lists, and their per-image means into the columns."""
     rows = scores.rows if scores is not None else torch.empty(0, dtype=torch.int64)
-    names: list[str] = []
-    if masks:
-        names += ["auc", "hit"]
-    if teacher:
-        names += ["cos", "l2"]
-    for name in names:
+    for name in _score_names(masks=masks, teacher=teacher):
         values = getattr(scores, name) if scores is not None else None
         if values is None:
             values = torch.empty(0, dtype=torch.float64)
-        acc.add_pairs(name, values)
-        acc.add(f"pair_{name}", _mean_by_row(values, rows, batch))
+        key = method_metric(_SCORE_METRICS[name], method)
+        acc.add_pairs(key, values)
+        acc.add(f"pair_{key}", _mean_by_row(values, rows, batch))
 
 
 def _nanmean(values: Tensor, scale: float = 1.0) -> float:
@@ -252,11 +324,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     threshold: float = 0.5,
     max_batches: int | None = None,
+    attribution_methods: Sequence[str] = ("grad_cam",),
 ) -> Evaluation:
-    """Evaluate ``model`` (and its Grad-CAM maps) on every batch of ``loader``.
+    """Evaluate ``model`` (and its attribution maps) on every batch of ``loader``.
 
     Both networks run in eval mode here; every submodule's previous train/eval flag is restored
-    afterwards. Nothing builds an autograd graph except Grad-CAM's head-only gradient.
+    afterwards. Nothing builds an autograd graph except the attribution methods' own gradients
+    (Grad-CAM's through the head only).
 
     Args:
         model: a torchvision VGG or ResNet from :func:`trainables.models.build_model` (or a
@@ -271,14 +345,26 @@ def evaluate(
         threshold: probability at which a multi-label class counts as predicted (F1, pairs,
             ``correct``, ``teacher_agree``); single-label predictions are the arg-max.
         max_batches: evaluate only the first this many batches.
+        attribution_methods: whose maps the attribution metrics score, names of
+            :data:`trainables.metric_names.ATTRIBUTION_METHOD_NAMES`; Grad-CAM's metrics
+            have the plain names (``attr_auc``), the others' the method's suffix
+            (``attr_auc_lrp``, :func:`trainables.metric_names.method_metric`), in the metrics
+            and the per-sample columns alike. Grad-CAM costs one head-only backward pass per
+            batch; each other method a forward and backward pass of both networks per pair.
 
     Returns:
         :class:`Evaluation` with the metrics described in the module docstring and one row per
         image in ``per_sample``.
 
     Raises:
-        ValueError: ``threshold`` outside (0, 1), ``max_batches`` < 1, or an empty loader.
+        ValueError: ``threshold`` outside (0, 1), ``max_batches`` < 1, an unknown attribution
+            method, or an empty loader.
     """
+    unknown = [m for m in attribution_methods if m not in ATTRIBUTION_METHOD_NAMES]
+    if unknown:
+        raise ValueError(
+            f"attribution_methods: must be among {list(ATTRIBUTION_METHOD_NAMES)}, got {unknown}"
+        )
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold: must be in (0, 1), got {threshold}")
     if max_batches is not None and max_batches < 1:
@@ -297,6 +383,7 @@ def evaluate(
             device=device,
             threshold=threshold,
             max_batches=max_batches,
+            methods=tuple(dict.fromkeys(attribution_methods)),
         )
     finally:
         for module, training in modes:
@@ -307,6 +394,7 @@ def evaluate(
         teacher=teacher is not None,
         multi_label=multi_label,
         threshold=threshold,
+        methods=tuple(dict.fromkeys(attribution_methods)),
     )
 
 
@@ -319,6 +407,7 @@ def _run(
     device: torch.device,
     threshold: float,
     max_batches: int | None,
+    methods: tuple[str, ...],
 ) -> tuple[_Accumulator, bool]:
     """The batch loop: accumulate logits, labels, per-image columns and per-pair scores."""
     acc = _Accumulator()
@@ -356,6 +445,7 @@ def _run(
         acc.add("index", indices)
         acc.add("loss", _per_sample_loss(logits, labels.to(logits.dtype), multi_label=multi_label))
         acc.add("correct", (predicted == positive).all(dim=1))
+        acc.add("predicted", predicted)
 
         teacher_features = None
         if teacher is not None:
@@ -365,28 +455,36 @@ def _run(
                 teacher_logits, multi_label=multi_label, threshold=threshold
             )
             acc.add("teacher_agree", (predicted == teacher_predicted).all(dim=1))
+            acc.add("teacher_predicted", teacher_predicted)
+            acc.add("teacher_correct", (teacher_predicted == positive).all(dim=1))
 
         pairs = positive & predicted
         acc.add("num_pairs", pairs.sum(dim=1, dtype=torch.int64))
-        scores = None
-        if (masks is not None or teacher is not None) and bool(pairs.any()):
-            scores = _score_pairs(
-                model,
-                features,
-                pairs,
-                image_size=(images.shape[-2], images.shape[-1]),
-                masks=masks,
-                teacher=teacher,
-                teacher_features=teacher_features,
+        scorable = (masks is not None or teacher is not None) and bool(pairs.any())
+        batch_pairs = _BatchPairs.of(images, pairs) if scorable else None
+        for method in methods:
+            scores = None
+            if batch_pairs is not None:
+                scores = _score_pairs(
+                    method, model, features, batch_pairs, masks=masks, teacher=teacher,
+                    teacher_features=teacher_features,
+                )  # fmt: skip
+            _record_pairs(
+                acc, method, scores, size, masks=masks is not None, teacher=teacher is not None
             )
-        _record_pairs(acc, scores, size, masks=masks is not None, teacher=teacher is not None)
     if has_masks is None:
         raise ValueError("loader: yielded no batch to evaluate")
     return acc, has_masks
 
 
 def _summarise(
-    acc: _Accumulator, *, has_masks: bool, teacher: bool, multi_label: bool, threshold: float
+    acc: _Accumulator,
+    *,
+    has_masks: bool,
+    teacher: bool,
+    multi_label: bool,
+    threshold: float,
+    methods: tuple[str, ...],
 ) -> Evaluation:
     """Whole-loader metrics and per-sample columns from the accumulated batches."""
     logits = torch.cat(acc.logits)
@@ -405,15 +503,18 @@ def _summarise(
         "correct": acc.column("correct").numpy(),
         "num_pairs": acc.column("num_pairs").numpy(),
     }
-    if has_masks:
-        metrics["attr_auc"] = _nanmean(acc.pair_values("auc"), 100.0)
-        metrics["point_acc"] = _nanmean(acc.pair_values("hit"), 100.0)
-        per_sample["attr_auc"] = (acc.column("pair_auc") * 100.0).numpy()
-        per_sample["point_acc"] = (acc.column("pair_hit") * 100.0).numpy()
     if teacher:
-        metrics["attr_cos"] = _nanmean(acc.pair_values("cos"))
-        metrics["attr_l2"] = _nanmean(acc.pair_values("l2"))
-        per_sample["teacher_agree"] = acc.column("teacher_agree").numpy()
-        per_sample["attr_cos"] = acc.column("pair_cos").numpy()
-        per_sample["attr_l2"] = acc.column("pair_l2").numpy()
+        agree = acc.column("teacher_agree")
+        metrics["pie_fraction"] = 1.0 - float(agree.to(torch.float64).mean())
+        per_sample["teacher_agree"] = agree.numpy()
+        per_sample["teacher_correct"] = acc.column("teacher_correct").numpy()
+    for method in methods:
+        for score in _score_names(masks=has_masks, teacher=teacher):
+            key = method_metric(_SCORE_METRICS[score], method)
+            scale = 100.0 if score in _PERCENT_SCORES else 1.0
+            metrics[key] = _nanmean(acc.pair_values(key), scale)
+            per_sample[key] = (acc.column(f"pair_{key}") * scale).numpy()
+    per_sample["predicted"] = acc.column("predicted").numpy()
+    if teacher:
+        per_sample["teacher_predicted"] = acc.column("teacher_predicted").numpy()
     return Evaluation(metrics=metrics, per_sample={k: np.asarray(v) for k, v in per_sample.items()})

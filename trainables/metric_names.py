@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-__all__ = ["METRICS", "Direction", "metric_direction"]
+__all__ = [
+    "ATTRIBUTION_METHOD_LABELS",
+    "ATTRIBUTION_METHOD_NAMES",
+    "ATTRIBUTION_METRICS",
+    "METRICS",
+    "Direction",
+    "method_metric",
+    "metric_direction",
+]
 
 Direction = Literal["min", "max"]
 
@@ -34,6 +42,41 @@ METRICS: Final[dict[str, tuple[Direction, str]]] = {
     "sparsity": ("max", "fraction of the prunable weights that are exactly zero"),
     "pie_fraction": ("min", "fraction of samples whose label differs from the teacher's"),
 }
+
+#: The attribution methods evaluation can score maps of (``trainables.attribution_methods``)
+#: and how tables name them; the first, Grad-CAM, is the one every epoch is scored with.
+ATTRIBUTION_METHOD_LABELS: Final[dict[str, str]] = {
+    "grad_cam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "lrp": "LRP",
+    "ebp": "EBP", "rap": "RAP",
+}  # fmt: skip
+ATTRIBUTION_METHOD_NAMES: Final[tuple[str, ...]] = tuple(ATTRIBUTION_METHOD_LABELS)
+#: The metrics that score attribution maps; each also exists per further method (``method_metric``).
+ATTRIBUTION_METRICS: Final[tuple[str, ...]] = ("attr_auc", "point_acc", "attr_cos", "attr_l2")
+
+
+def method_metric(metric: str, method: str) -> str:
+    """The name of attribution ``metric`` scored on ``method``'s maps: ``attr_auc_lrp``.
+
+    Grad-CAM's are the plain names (``attr_auc``): the maps every epoch is scored with.
+    """
+    if metric not in ATTRIBUTION_METRICS:
+        raise ValueError(f"metric: must be one of {list(ATTRIBUTION_METRICS)}, got {metric!r}")
+    if method not in ATTRIBUTION_METHOD_NAMES:
+        raise ValueError(f"method: must be one of {list(ATTRIBUTION_METHOD_NAMES)}, got {method!r}")
+    return metric if method == ATTRIBUTION_METHOD_NAMES[0] else f"{metric}_{method}"
+
+
+METRICS.update(
+    {
+        method_metric(metric, method): (
+            METRICS[metric][0],
+            METRICS[metric][1].replace("Grad-CAM", ATTRIBUTION_METHOD_LABELS[method])
+            + " (a trial's last epoch only)",
+        )
+        for method in ATTRIBUTION_METHOD_NAMES[1:]
+        for metric in ATTRIBUTION_METRICS
+    }
+)
 
 
 def metric_direction(name: str) -> Direction:

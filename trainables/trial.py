@@ -71,6 +71,9 @@ class TrialSetup:
         extra: method-specific settings (the spec's ``method_options``, e.g. a pruning scheme).
         headline: metrics reported first (the study's objectives), so Tune's status table,
             which shows a trial's first few metrics, shows these.
+        attribution_methods: further attribution methods (besides Grad-CAM) whose metrics a
+            trial measures with its last epoch (``attr_auc_lrp``...).
+        overlay_images: evaluation images in a trial's attribution overlay (0: none).
     """
 
     dataset: str
@@ -90,6 +93,8 @@ class TrialSetup:
     multi_label: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
     headline: tuple[str, ...] = ()
+    attribution_methods: tuple[str, ...] = ()
+    overlay_images: int = 8
 
 
 def image_size(setup: TrialSetup) -> int:
@@ -119,13 +124,20 @@ def make_loaders(setup: TrialSetup) -> tuple[DataLoader[Any], DataLoader[Any]]:
 
 
 def make_evaluator(
-    loader: DataLoader[Any], *, multi_label: bool, device: torch.device | str = "cpu"
+    loader: DataLoader[Any],
+    *,
+    multi_label: bool,
+    device: torch.device | str = "cpu",
+    attribution_methods: tuple[str, ...] = ("grad_cam",),
 ) -> Evaluator:
     """The loop's per-epoch evaluation: ``evaluate`` on ``loader``, metrics only."""
     from trainables.evaluation import evaluate
 
     def run(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
-        result = evaluate(model, loader, teacher=teacher, multi_label=multi_label, device=device)
+        result = evaluate(
+            model, loader, teacher=teacher, multi_label=multi_label, device=device,
+            attribution_methods=attribution_methods,
+        )  # fmt: skip
         return dict(result.metrics)
 
     return run
@@ -206,6 +218,31 @@ def _export(model: nn.Module, setup: TrialSetup, path: Path) -> None:
         warnings.warn(f"export: the compressed model was not saved: {error}", stacklevel=2)
 
 
+def _final_artifacts(
+    model: nn.Module,
+    setup: TrialSetup,
+    teacher_state: Mapping[str, Tensor],
+    folder: Path,
+    device: torch.device | str,
+) -> dict[str, float]:
+    """Per-sample results, overlays and further attribution metrics of the final model
+    (:mod:`trainables.trial_artifacts`); a failure costs these, not the trained trial."""
+    from trainables.trial_artifacts import write_final_artifacts
+
+    try:
+        evaluation = build_split(setup, setup.eval_split, setup.val_size)
+        loader = DataLoader(evaluation, batch_size=setup.batch_size, shuffle=False,
+                            num_workers=setup.num_workers)  # fmt: skip
+        return write_final_artifacts(
+            model.to(device), build_teacher(setup, teacher_state).to(device), loader, folder,
+            multi_label=setup.multi_label, attribution_methods=setup.attribution_methods,
+            overlay_images=setup.overlay_images, device=device,
+        )  # fmt: skip
+    except Exception as error:
+        warnings.warn(f"final evaluation artifacts were not written: {error!r}", stacklevel=2)
+        return {}
+
+
 def run_tune_trial(
     run: TrialRun,
     config: Mapping[str, Any],
@@ -217,7 +254,9 @@ def run_tune_trial(
     Must be called inside a Tune trial. The teacher's weights arrive through Ray's object store
     (``tune.with_parameters``), so no trial retrains or reloads the teacher from disk. The last
     epoch's checkpoint also holds the compressed model, exported (:mod:`trainables.export`).
-    Every result carries the Ray ``node_id`` the trial ran on.
+    Every result carries the Ray ``node_id`` the trial ran on. The last checkpoint also holds
+    the final model's per-sample results and attribution overlays, and the last result its
+    further attribution metrics (:mod:`trainables.trial_artifacts`).
 
     A diverging trial (:class:`~trainables.loop.DivergedError`) reports one last result with
     NaN objectives and the reason under :data:`FAILURE_KEY`, checkpoints that reason instead of
@@ -246,6 +285,8 @@ def run_tune_trial(
             torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
             if model is not None:
                 _export(model, setup, Path(folder) / MODEL_FILE)
+                final = _final_artifacts(model, setup, teacher_state, Path(folder), device)
+                metrics = {**final, **metrics}
             first = {name: metrics[name] for name in setup.headline if name in metrics}
             tune.report(
                 {**first, **metrics, NODE_KEY: node_id},

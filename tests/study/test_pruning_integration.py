@@ -68,6 +68,40 @@ def _check_model_artifact(store: tuple[str, Path], run_id: str, params: float) -
         assert model(torch.zeros(3, 3, 32, 32)).shape[0] == 3
 
 
+def _check_evaluation_artifacts(store: tuple[str, Path], run: Any, method: str) -> None:
+    """The last epoch's further attribution metrics, per-sample Parquet and overlays."""
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from trainables.overlays import load_overlay_maps
+
+    client = MlflowClient(tracking_uri=store[0])
+    run_id = run.info.run_id
+    metrics = run.data.metrics
+    for name in ("attr_auc", "point_acc", "attr_cos", "attr_l2"):
+        assert f"{name}_{method}" in metrics
+        # Measured once, with the last epoch; Grad-CAM's every epoch.
+        steps = [m.step for m in client.get_metric_history(run_id, f"{name}_{method}")]
+        assert steps == [1]
+    assert 0.0 <= metrics["pie_fraction"] <= 1.0
+    table = pq.read_table(client.download_artifacts(run_id, "evaluation/per_sample.parquet",
+                                                    str(store[1])))  # fmt: skip
+    assert table.num_rows == 16  # dataset.val_size
+    assert {"index", "teacher_agree", f"attr_cos_{method}", "predicted"} <= set(table.schema.names)
+    agree = table.column("teacher_agree").to_numpy(zero_copy_only=False)
+    assert metrics["pie_fraction"] == pytest.approx(1 - agree.mean())
+    listed = sorted(a.path for a in client.list_artifacts(run_id, "attributions"))
+    assert listed == ["attributions/attribution_maps.npz", "attributions/attribution_overlay.png"]
+    maps = load_overlay_maps(client.download_artifacts(run_id, listed[0], str(store[1])))
+    assert maps.images.shape == (3, 32, 32, 3)
+    assert maps.student.shape == (3, 32, 32)
+    teacher = next(
+        r for r in client.search_runs([run.info.experiment_id])
+        if r.data.tags["apc.role"] == "teacher"
+    )  # fmt: skip
+    assert f"attr_auc_{method}" in teacher.data.metrics
+
+
 def test_structured_pruning_study(store: tuple[str, Path]) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -76,8 +110,10 @@ def test_structured_pruning_study(store: tuple[str, Path]) -> None:
         "method=structured_pruning", "search_space=structured_pruning",
         "method_options={scheme: paper}", "objectives={map: max, flops: min}",
         "enqueue=[{matching: swa, beta: 1.0, prune_rate: 0.5}]",
+        "evaluation={attribution_methods: [ebp], overlay_images: 3}",
     )  # fmt: skip
     run = _trial(store, "structured")
+    _check_evaluation_artifacts(store, run, "ebp")
     params, metrics = run.data.params, run.data.metrics
     assert (params["method"], params["prune_rate"], params["matching"]) == (
         "structured_pruning", "0.5", "swa",

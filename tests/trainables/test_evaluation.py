@@ -262,7 +262,7 @@ def test_single_label_reports_top1_and_argmax_pairs(vgg, batches) -> None:
 def test_without_masks_attribution_against_masks_is_absent(vgg, resnet, batches) -> None:
     plain = evaluate(vgg, _without_masks(batches))
     assert set(plain.metrics) == {"loss", "map", "map_samples", "f1"}
-    assert set(plain.per_sample) == {"index", "loss", "correct", "num_pairs"}
+    assert set(plain.per_sample) == {"index", "loss", "correct", "num_pairs", "predicted"}
     with_masks = evaluate(vgg, batches)
     for name in plain.metrics:
         assert plain.metrics[name] == with_masks.metrics[name]
@@ -270,7 +270,9 @@ def test_without_masks_attribution_against_masks_is_absent(vgg, resnet, batches)
         np.testing.assert_array_equal(plain.per_sample[name], with_masks.per_sample[name])
     # The teacher comparison needs no masks.
     taught = evaluate(vgg, _without_masks(batches), teacher=resnet)
-    assert set(taught.metrics) == {"loss", "map", "map_samples", "f1", "attr_cos", "attr_l2"}
+    assert set(taught.metrics) == {
+        "loss", "map", "map_samples", "f1", "attr_cos", "attr_l2", "pie_fraction",
+    }  # fmt: skip
     full = evaluate(vgg, batches, teacher=resnet)
     assert taught.metrics["attr_cos"] == full.metrics["attr_cos"]
     assert set(full.per_sample) == set(PER_SAMPLE_COLUMNS)
@@ -407,3 +409,74 @@ def test_threshold_is_inclusive(batches) -> None:
     assert result.metrics["f1"] == pytest.approx(
         100 * f1_score(labels, np.ones_like(labels), average="samples", zero_division=1.0)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# PIEs and further attribution methods
+# --------------------------------------------------------------------------------------------
+
+
+def test_pie_columns_follow_both_models_predictions(vgg, batches) -> None:
+    # A teacher close to the student: they agree on some images and not on others.
+    resnet = copy.deepcopy(vgg)
+    last = [m for m in resnet.modules() if isinstance(m, nn.Linear)][-1]
+    images = torch.cat([b["image"] for b in batches])
+    with torch.no_grad():
+        # Class 0 moves to the other side of the threshold on about half the images.
+        last.bias[0] -= vgg(images)[:, 0].median()
+    result = evaluate(vgg, batches, teacher=resnet)
+    labels = torch.cat([b["labels"] for b in batches]) > 0.5
+    with torch.no_grad():
+        student = torch.sigmoid(vgg(images)) >= 0.5
+        teacher = torch.sigmoid(resnet(images)) >= 0.5
+    np.testing.assert_array_equal(result.per_sample["predicted"], student.numpy())
+    np.testing.assert_array_equal(result.per_sample["teacher_predicted"], teacher.numpy())
+    agree = (student == teacher).all(dim=1).numpy()
+    np.testing.assert_array_equal(result.per_sample["teacher_agree"], agree)
+    np.testing.assert_array_equal(
+        result.per_sample["teacher_correct"], (teacher == labels).all(dim=1).numpy()
+    )
+    assert result.metrics["pie_fraction"] == pytest.approx(1 - agree.mean())
+    assert 0 < result.metrics["pie_fraction"] < 1  # both kinds present: the test can tell
+    assert evaluate(vgg, batches, teacher=vgg).metrics["pie_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["lrp", "ebp"])
+def test_further_method_scores_match_a_pair_by_pair_reference(
+    method: str, vgg, resnet, batches32
+) -> None:
+    from trainables.attribution_methods import ATTRIBUTION_METHODS
+
+    student, teacher = copy.deepcopy(vgg).float(), copy.deepcopy(resnet).float()
+    both = evaluate(student, batches32, teacher=teacher, attribution_methods=("grad_cam", method))
+    alone = evaluate(student, batches32, teacher=teacher)
+    for name in ("attr_auc", "point_acc", "attr_cos", "attr_l2"):
+        assert both.metrics[name] == alone.metrics[name]  # Grad-CAM's are unchanged
+    explain = ATTRIBUTION_METHODS[method]
+    aucs, hits, cosines = [], [], []
+    for batch in batches32:
+        with torch.no_grad():
+            predicted = torch.sigmoid(student(batch["image"])) >= 0.5
+        for row in range(batch["image"].shape[0]):
+            for cls in (predicted[row] & (batch["labels"][row] > 0.5)).nonzero().flatten():
+                image, target = batch["image"][row : row + 1], cls.view(1)
+                ours = explain(student, image, target)[0].double()
+                theirs = explain(teacher, image, target)[0].double()
+                mask = batch["masks"][row, cls].numpy()
+                if 0 < mask.sum() < mask.size:
+                    aucs.append(roc_auc_score(mask.ravel(), ours.numpy().ravel()))
+                if mask.any():
+                    first = int(ours.flatten().argmax())
+                    hits.append(bool(mask.ravel()[first]))
+                cosines.append(float(F.cosine_similarity(ours.flatten(), theirs.flatten(), 0)))
+    assert len(aucs) > 5
+    assert both.metrics[f"attr_auc_{method}"] == pytest.approx(100 * np.mean(aucs), abs=1e-6)
+    assert both.metrics[f"point_acc_{method}"] == pytest.approx(100 * np.mean(hits))
+    assert both.metrics[f"attr_cos_{method}"] == pytest.approx(np.mean(cosines), abs=1e-5)
+    assert set(both.metrics) <= set(METRICS)
+    assert np.isfinite(both.per_sample[f"attr_cos_{method}"]).sum() > 0
+
+
+def test_unknown_attribution_method_is_refused(vgg, batches) -> None:
+    with pytest.raises(ValueError, match=r"attribution_methods: must be among .*\['gradcam'\]"):
+        evaluate(vgg, batches, attribution_methods=("gradcam",))
