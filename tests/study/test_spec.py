@@ -166,6 +166,28 @@ def _problems(data: object) -> list[str]:
             },
             "teacher.dataset_options.num_objects: must satisfy 1 <= min <= max <= 3, got [1, 5]",
         ),
+        (
+            {"name": "s", "evaluation": {"attribution_methods": ["lrp", "gradcam"]}},
+            "evaluation.attribution_methods: must name methods among integrated_gradients, lrp, "
+            "ebp, rap (Grad-CAM is always on), got ['lrp', 'gradcam']",
+        ),
+        (
+            {"name": "s", "evaluation": {"overlay_images": -1}},
+            "evaluation.overlay_images: must be an integer >= 0, got -1",
+        ),
+        (
+            {"name": "s", "objectives": {"map": "max", "attr_auc_rap": "max"}},
+            "objectives.attr_auc_rap: needs 'rap' in evaluation.attribution_methods, got []",
+        ),
+        (
+            {
+                "name": "s",
+                "evaluation": {"attribution_methods": ["lrp"]},
+                "scheduler": {"metric": "attr_auc_lrp"},
+            },
+            "scheduler.metric: must be measured every epoch; attr_auc_lrp is measured with a "
+            "trial's last epoch only, got 'attr_auc_lrp'",
+        ),
     ],
 )
 def test_each_problem_names_key_rule_and_value(data: dict[str, object], expected: str) -> None:
@@ -259,3 +281,13 @@ def test_teacher_key_ignores_student_only_settings_and_tracks_teacher_ones() -> 
     options = {**data["dataset"]["options"], "context_prob": 0.9}
     task = {**data, "dataset": {**data["dataset"], "options": options, "val_size": 9}}
     assert teacher_key(parse_spec(task)) == teacher_key(base)
+
+
+def test_evaluation_section_names_further_methods_once() -> None:
+    spec = parse_spec({
+        "name": "s", "evaluation": {"attribution_methods": ["rap", "lrp", "rap"]},
+        "objectives": {"map": "max", "attr_auc_lrp": "max"},
+    })  # fmt: skip
+    assert spec.evaluation.attribution_methods == ("rap", "lrp")
+    assert spec.evaluation.overlay_images == 8
+    assert parse_spec({"name": "s"}).evaluation.attribution_methods == ()
