@@ -19,6 +19,14 @@ nested under it:
   one reference throughout.
 - ``metrics_vs_beta.png``: ``map`` and ``attr_auc`` of the FINISHED trials against ``beta``
   (log axis), one series per matching kind; the table's naive row and the teacher as lines.
+- further attribution methods (``evaluation.attribution_methods`` of the spec): one table per
+  method in ``report.md`` (the paper's Table 8), their metrics as extra ``report.csv`` columns.
+- ``pies.csv`` and a PIE section: per trial row, its PIEs (``analysis.pies``) and accuracy and
+  attribution on PIEs against the other samples, from the trial's per-sample Parquet.
+- ``attribution_overlays.png``: the teacher's and every trial row's Grad-CAM on the same
+  evaluation images (the trials' ``attributions/attribution_maps.npz``).
+
+The last two are written only when the trials logged those artifacts.
 
 Plots use matplotlib's object API on the Agg canvas (never pyplot, never a display), imported
 when a plot is drawn; MLflow is imported when the report is built. Importing this module stays
@@ -45,7 +53,15 @@ import pyarrow.compute as pc
 from analysis.effect import effect_table
 from analysis.hypervolume import default_reference, hypervolume_history
 from analysis.pareto import Direction, pareto_front
+from analysis.pies import PieSummary, load_per_sample, pie_summary
 from analysis.runs import KIND, NAME, RunsQueryError, load_trials
+from trainables.metric_names import (
+    ATTRIBUTION_METHOD_LABELS,
+    ATTRIBUTION_METHOD_NAMES,
+    ATTRIBUTION_METRICS,
+    METRICS,
+    method_metric,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -92,7 +108,15 @@ ARTIFACT_DIR: Final = "report"
 #: The files of a report, in the order they are written.
 REPORT_FILES: Final[tuple[str, ...]] = (
     "report.md", "report.csv", "pareto_matrix.png", "hypervolume.png", "metrics_vs_beta.png",
+    "pies.csv", "attribution_overlays.png",
 )  # fmt: skip
+#: Files written only when the table's trials logged what they need (per-sample results,
+#: overlay maps: ``trainables.trial_artifacts``).
+OPTIONAL_FILES: Final = frozenset({"pies.csv", "attribution_overlays.png"})
+#: The overlay maps of a trial run (``trainables.overlays.MAPS_FILE`` under ``attributions/``).
+MAPS_ARTIFACT: Final = "attributions/attribution_maps.npz"
+#: PIE statistics shown in the Markdown (all of them go to pies.csv).
+_PIE_SHOWN: Final = ("accuracy", "teacher_accuracy", "attr_auc", "attr_cos")
 
 #: The params that tell one setting of a kind from another (study.tracking.SEARCHED_PARAMS).
 _SETTING_PARAMS: Final = ("beta", "drop_p", "prune_rate", "student_width")
@@ -190,7 +214,7 @@ def report_rows(
         teacher = client.get_run(teacher_id)
         teacher_metrics = {
             name: float(teacher.data.metrics[name])
-            for name in REPORT_METRICS
+            for name in METRICS
             if name in teacher.data.metrics
         }
         params = teacher.data.params
@@ -274,7 +298,7 @@ def _trial_row(method: str, name: str, chosen: str, record: Mapping[str, Any]) -
         for key in _SETTING_PARAMS
         if record.get(key) is not None and not _nan(record[key])
     )
-    metrics = {m: float(record[m]) for m in REPORT_METRICS if isinstance(record.get(m), float)}
+    metrics = {m: float(record[m]) for m in METRICS if isinstance(record.get(m), float)}
     return ReportRow(
         method, name, chosen, setting, str(record["trial"]), str(record["run_id"]), metrics
     )
@@ -327,20 +351,162 @@ def render_markdown(rows: Sequence[ReportRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def further_methods(rows: Sequence[ReportRow]) -> list[str]:
+    """The further attribution methods (not Grad-CAM) some row has a metric of."""
+    return [
+        method
+        for method in ATTRIBUTION_METHOD_NAMES[1:]
+        if any(method_metric(m, method) in r.metrics for r in rows for m in ATTRIBUTION_METRICS)
+    ]
+
+
+def extra_columns(rows: Sequence[ReportRow]) -> list[str]:
+    """The CSV's columns after ``REPORT_METRICS``: ``pie_fraction`` and the further methods'
+    metrics, those that some row has."""
+    names = ["pie_fraction"] + [
+        method_metric(metric, method)
+        for method in further_methods(rows)
+        for metric in ATTRIBUTION_METRICS
+    ]
+    return [name for name in names if any(name in r.metrics for r in rows)]
+
+
 def render_csv(rows: Sequence[ReportRow]) -> str:
-    """``rows`` as CSV with a header; numbers unrounded (``repr``), empty cells for none."""
+    """``rows`` as CSV with a header; numbers unrounded (``repr``), empty cells for none.
+
+    Columns: ``_CSV_COLUMNS`` then :func:`extra_columns`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_CSV_COLUMNS)
+    extra = extra_columns(rows)
+    writer.writerow([*_CSV_COLUMNS, *extra])
     for r in rows:
         metrics = [
             "" if (v := r.metrics.get(m)) is None or math.isnan(v) else repr(v)
-            for m in REPORT_METRICS
+            for m in (*REPORT_METRICS, *extra)
         ]
         writer.writerow(
             [r.method, r.row, r.chosen, r.setting, r.trial or "", r.run_id or "", *metrics]
         )
     return buffer.getvalue()
+
+
+def render_method_tables(rows: Sequence[ReportRow]) -> str:
+    """One Markdown table per further attribution method (the paper's Table 8): the rows'
+    ``attr_auc_<method>``... under the plain metric names; empty without further methods."""
+    parts = []
+    for method in further_methods(rows):
+        header = ("method", "row", "trial", *ATTRIBUTION_METRICS)
+        lines = [f"### {ATTRIBUTION_METHOD_LABELS[method]}", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+        for r in rows:
+            cells = [r.method, r.row, r.trial or "-"] + [
+                format_metric(m, r.metrics.get(method_metric(m, method)))
+                for m in ATTRIBUTION_METRICS
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+# PIEs and overlays: from the trials' artifacts.
+
+
+def pie_rows(tracking_uri: str, rows: Sequence[ReportRow]) -> list[tuple[ReportRow, PieSummary]]:
+    """The PIE summary of each trial row whose run logged per-sample results."""
+    found = []
+    for r in rows:
+        if r.row == "teacher" or r.run_id is None:
+            continue
+        table = load_per_sample(tracking_uri, r.run_id)
+        if table is not None:
+            found.append((r, pie_summary(table)))
+    return found
+
+
+def _pie_cell(name: str, value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return (
+        f"{value:.1f}" if name in ("accuracy", "teacher_accuracy", "attr_auc") else f"{value:.3f}"
+    )
+
+
+def render_pies_markdown(pies: Sequence[tuple[ReportRow, PieSummary]]) -> str:
+    """PIEs per trial row, and accuracy and attribution on PIEs against the other samples."""
+    header = ["method", "row", "trial", "samples", "PIEs", "pie %"]
+    header += [f"{name} PIE / rest" for name in _PIE_SHOWN]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r, summary in pies:
+        cells = [r.method, r.row, r.trial or "-", str(summary.samples), str(summary.pies),
+                 f"{100 * summary.pie_fraction:.1f}"]  # fmt: skip
+        for name in _PIE_SHOWN:
+            pie, rest = summary.pie.get(name, math.nan), summary.rest.get(name, math.nan)
+            cells.append(f"{_pie_cell(name, pie)} / {_pie_cell(name, rest)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_pies_csv(pies: Sequence[tuple[ReportRow, PieSummary]]) -> str:
+    """Every PIE statistic of every trial row, unrounded: ``pie_<stat>`` and ``rest_<stat>``."""
+    stats: list[str] = []
+    for _, summary in pies:
+        stats += [name for name in summary.pie if name not in stats]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    sides = ("pie", "rest")
+    writer.writerow([
+        "method", "row", "trial", "run_id", "samples", "pies", "pie_fraction",
+        *(f"{side}_{name}" for name in stats for side in sides),
+    ])  # fmt: skip
+    for r, summary in pies:
+        groups = {"pie": summary.pie, "rest": summary.rest}
+        values = [groups[side].get(n, math.nan) for n in stats for side in sides]
+        writer.writerow([r.method, r.row, r.trial or "", r.run_id or "", summary.samples,
+                         summary.pies, repr(summary.pie_fraction),
+                         *("" if math.isnan(v) else repr(v) for v in values)])  # fmt: skip
+    return buffer.getvalue()
+
+
+def plot_overlays(
+    tracking_uri: str, rows: Sequence[ReportRow], path: Path, *, title: str
+) -> list[str]:
+    """Teacher-vs-student overlays of the trial rows side by side, on the same images.
+
+    Uses each row's ``attributions/attribution_maps.npz``; a row whose maps show other images
+    or classes than the first row's (another teacher or split) is left out. Returns the
+    columns drawn after the teacher's (none: nothing is written).
+    """
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from trainables.overlays import OverlayMaps, draw_overlays, load_overlay_maps
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    several = len({r.method for r in rows}) > 1
+    base: OverlayMaps | None = None
+    columns: list[tuple[str, npt.NDArray[np.float32]]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for r in rows:
+            if r.row == "teacher" or r.run_id is None:
+                continue
+            folder = MAPS_ARTIFACT.rpartition("/")[0]
+            if MAPS_ARTIFACT not in [a.path for a in client.list_artifacts(r.run_id, folder)]:
+                continue
+            maps = load_overlay_maps(client.download_artifacts(r.run_id, MAPS_ARTIFACT, scratch))
+            if base is None:
+                base = maps
+                columns.append(("teacher", maps.teacher))
+            elif not (
+                np.array_equal(maps.indices, base.indices)
+                and np.array_equal(maps.targets, base.targets)
+            ):
+                continue
+            columns.append((f"{r.method} {r.row}" if several else r.row, maps.student))
+    if base is None:
+        return []
+    draw_overlays(base, columns, path, title=title)
+    return [label for label, _ in columns[1:]]
 
 
 # The plots.
@@ -661,6 +827,18 @@ def write_report(
     front = plot_pareto_matrix(finished, objectives, paths["pareto_matrix.png"], title=study)
     history, reference = plot_hypervolume(trials, objectives, paths["hypervolume.png"], title=study)
     plot_metrics_vs_beta(finished, rows, paths["metrics_vs_beta.png"], title=study)
+    pies = pie_rows(tracking_uri, rows)
+    if pies:
+        paths["pies.csv"].write_text(render_pies_csv(pies), "utf-8")
+    drawn = plot_overlays(
+        tracking_uri, rows, paths["attribution_overlays.png"],
+        title=f"{study}: Grad-CAM of the teacher's top-1 class",
+    )  # fmt: skip
+    written = [
+        name for name in REPORT_FILES
+        if name not in OPTIONAL_FILES or (name == "pies.csv" and pies)
+        or (name == "attribution_overlays.png" and drawn)
+    ]  # fmt: skip
     table = caption(study, parent_run_id) + "\n\n" + render_markdown(rows)
     spec = ", ".join(f"{n}:{d}" for n, d in objectives.items())
     if reference is None:
@@ -694,6 +872,7 @@ def write_report(
         "",
         "![map and attr_auc against beta](metrics_vs_beta.png)",
         "",
+        *_further_sections(rows, pies, drawn),
     ])  # fmt: skip
     paths["report.md"].write_text(markdown, "utf-8")
     paths["report.csv"].write_text(render_csv(rows), "utf-8")
@@ -701,7 +880,7 @@ def write_report(
         study=study,
         parent_run_id=parent_run_id,
         folder=folder,
-        files=tuple(paths[name] for name in REPORT_FILES),
+        files=tuple(paths[name] for name in written),
         rows=tuple(rows),
         objectives=objectives,
         trials=trials.num_rows,
@@ -711,6 +890,36 @@ def write_report(
         reference=reference,
         table=table,
     )
+
+
+def _further_sections(
+    rows: Sequence[ReportRow], pies: Sequence[tuple[ReportRow, PieSummary]], drawn: list[str]
+) -> list[str]:
+    """The report's Markdown after the plots: attribution methods, PIEs, overlays."""
+    lines: list[str] = []
+    methods = render_method_tables(rows)
+    if methods:
+        lines += ["## Further attribution methods", "",
+                  "The rows' maps by each further method (measured with a trial's last epoch; "
+                  "the teacher's once), scored as the Grad-CAM table's.", "", methods]  # fmt: skip
+    lines += ["## PIEs", ""]
+    if pies:
+        lines += [
+            "Samples whose predicted class set differs from the teacher's (PIEs), per trial row "
+            "of the table, and how the trial and the teacher fare on them against the other "
+            "samples (accuracy: every label right, in %; attr_auc in %). Every statistic is in "
+            "pies.csv.", "", render_pies_markdown(pies),
+        ]  # fmt: skip
+    else:
+        lines += ["No trial row of the table logged per-sample results "
+                  "(evaluation/per_sample.parquet).", ""]  # fmt: skip
+    if drawn:
+        lines += ["## Attribution overlays", "",
+                  f"Grad-CAM of the teacher and of the {', '.join(drawn)} trials on the same "
+                  "images, for the teacher's top-1 class.", "",
+                  "![Teacher and student attribution overlays](attribution_overlays.png)",
+                  ""]  # fmt: skip
+    return lines
 
 
 def log_report(tracking_uri: str, report: Report) -> str:

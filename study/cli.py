@@ -286,9 +286,13 @@ def _pareto(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     """``apc report NAME``: the study's table and plots, logged to its study run under
     ``report/`` and copied to ``--out DIR``; input checked before anything is written."""
+    import os
     import shutil
     import tempfile
     from pathlib import Path
+
+    # The report downloads a few small artifacts per trial row: one progress bar each is noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from study.preflight import tracking_problems
 

@@ -9,8 +9,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -33,6 +35,8 @@ from analysis.report import (
 )
 from analysis.runs import load_trials
 from tests.analysis.mlflow_study import T0, Trial, expected_front
+from trainables.overlays import OverlayMaps, save_overlay_maps
+from trainables.trial_artifacts import per_sample_table
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +49,10 @@ ENQUEUE = [
     {"matching": "sswa", "beta": 1.0, "drop_p": 0.3, "student_width": 2},
 ]
 OBJECTIVES: dict[str, Direction] = {"map": "max", "attr_auc": "max", "params": "min"}
-TEACHER = {"map": 80.0, "f1": 70.0, "attr_auc": 90.0, "point_acc": 60.0, "params": 612294.0}
+TEACHER = {
+    "map": 80.0, "f1": 70.0, "attr_auc": 90.0, "point_acc": 60.0, "params": 612294.0,
+    "attr_auc_lrp": 85.0, "point_acc_lrp": 55.0,
+}  # fmt: skip
 
 
 def _trial(i: int, status: str, final: dict[str, float], **params: object) -> Trial:
@@ -87,7 +94,56 @@ TRIALS: list[Trial] = [
     _trial(10, "FINISHED", _final(58.0, 97.0, 10000.0), matching="sswa", beta=2.0, drop_p=0.1,
            student_width=8),
 ]  # fmt: skip
+#: LRP's metrics, measured with the last epoch, of the table's trials.
+LRP = {0: 70.0, 1: 80.0, 3: 82.0, 6: 75.0}
+for _i, _auc in LRP.items():
+    TRIALS[_i].final.update({"attr_auc_lrp": _auc, "point_acc_lrp": _auc - 30.0,
+                             "attr_cos_lrp": _auc / 100, "attr_l2_lrp": 1 - _auc / 100})  # fmt: skip
 FINISHED = [t for t in TRIALS if t.status == "FINISHED"]
+#: Samples of each trial's per-sample table, and which of them are its PIEs.
+SAMPLES = 12
+
+
+def pie_indices(i: int) -> list[int]:
+    return [row for row in range(SAMPLES) if (row + i) % 4 == 0]
+
+
+def _per_sample(i: int) -> pa.Table:
+    """Trial i's per-sample table: its PIEs (pie_indices) predict class 3 on top of the
+    teacher's set; PIEs are right less often and their maps agree less."""
+    teacher = np.zeros((SAMPLES, 5), dtype=bool)
+    teacher[np.arange(SAMPLES), np.arange(SAMPLES) % 3] = True
+    predicted = teacher.copy()
+    pies = pie_indices(i)
+    predicted[pies, 3] = True
+    rows = np.arange(SAMPLES)
+    return per_sample_table({
+        "index": rows, "correct": ~np.isin(rows, pies), "teacher_correct": rows % 2 == 0,
+        "attr_auc": 50.0 + rows, "attr_cos": np.where(np.isin(rows, pies), 0.3, 0.9),
+        "predicted": predicted, "teacher_predicted": teacher,
+    })  # fmt: skip
+
+
+def _overlay_maps(i: int) -> OverlayMaps:
+    """Maps of 3 images; trial 6's explain other classes (another teacher): left out."""
+    rng = np.random.default_rng(i)
+    return OverlayMaps(
+        images=np.full((3, 16, 16, 3), 120, dtype=np.uint8),
+        indices=np.arange(3), targets=np.array([0, 1, 2]) if i != 6 else np.array([1, 1, 1]),
+        class_names=("a", "b", "c", "d", "e"),
+        teacher=rng.random((3, 16, 16)).astype(np.float32),
+        student=rng.random((3, 16, 16)).astype(np.float32),
+    )  # fmt: skip
+
+
+def _log_artifacts(client: MlflowClient, run_id: str, i: int, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_per_sample(i), folder / "per_sample.parquet")
+    client.log_artifact(run_id, str(folder / "per_sample.parquet"), "evaluation")
+    save_overlay_maps(_overlay_maps(i), folder / "attribution_maps.npz")
+    client.log_artifact(run_id, str(folder / "attribution_maps.npz"), "attributions")
+
+
 #: (row, trial index or None, how it was chosen): the table's rows after the teacher's.
 EXPECTED_ROWS = [
     ("naive", 0, "enqueued"),
@@ -179,6 +235,8 @@ def write_report_study(root: Path) -> ReportStudy:
             client, experiment, parent.info.run_id, trial, start + 2000 + 1000 * i,
             teacher.info.run_id,
         )  # fmt: skip
+        if trial.status == "FINISHED":
+            _log_artifacts(client, store.trial_run_ids[trial.name], i, root / "out" / str(i))
     client.set_terminated(parent.info.run_id)
 
     other = client.create_experiment(UNFINISHED, artifact_location=f"{artifacts}/{UNFINISHED}")
@@ -225,7 +283,7 @@ def test_rows_are_the_teacher_then_each_kinds_enqueued_or_best_finished_trial(
         assert r.method == "distillation"
         assert r.run_id == store.trial_run_ids[TRIALS[i].name]
         # The last epoch's values, not the best epoch's.
-        assert dict(r.metrics) == {m: TRIALS[i].final[m] for m in REPORT_METRICS}
+        assert dict(r.metrics) == TRIALS[i].final
     assert [r.setting for r in rows] == [
         "student_width=2",
         "beta=2, student_width=2",
@@ -240,14 +298,15 @@ def test_rows_are_the_teacher_then_each_kinds_enqueued_or_best_finished_trial(
 def test_csv_and_markdown_hold_the_same_rows(report: Report) -> None:
     text = (report.folder / "report.csv").read_text()
     records = list(csv.DictReader(io.StringIO(text)))
+    lrp = ["attr_auc_lrp", "point_acc_lrp", "attr_cos_lrp", "attr_l2_lrp"]
     assert list(records[0]) == [
-        "method", "row", "chosen", "setting", "trial", "run_id", *REPORT_METRICS,
+        "method", "row", "chosen", "setting", "trial", "run_id", *REPORT_METRICS, *lrp,
     ]  # fmt: skip
     assert [r["row"] for r in records] == ["teacher", "naive", "EWA", "SWA", "SSWA"]
     for record, row in zip(records, report.rows, strict=True):
         assert record["trial"] == (row.trial or "")
         assert record["run_id"] == (row.run_id or "")
-        for metric in REPORT_METRICS:  # the CSV holds the stored values exactly
+        for metric in [*REPORT_METRICS, *lrp]:  # the CSV holds the stored values exactly
             expected = row.metrics.get(metric)
             assert record[metric] == ("" if expected is None else repr(expected))
     markdown = (report.folder / "report.md").read_text()
@@ -346,3 +405,44 @@ def test_no_finished_trial_is_refused_before_anything_is_written(
 def test_the_package_exports_the_report() -> None:
     assert analysis.write_report is write_report
     assert analysis.Report is Report
+
+
+def test_pie_section_and_csv_hold_each_rows_pies(store: ReportStudy, report: Report) -> None:
+    records = list(csv.DictReader(io.StringIO((report.folder / "pies.csv").read_text())))
+    assert [r["row"] for r in records] == ["naive", "EWA", "SWA", "SSWA"]
+    for record, (_, i, _) in zip(records, EXPECTED_ROWS, strict=True):
+        pies = pie_indices(i)
+        rest = [row for row in range(SAMPLES) if row not in pies]
+        assert record["run_id"] == store.trial_run_ids[TRIALS[i].name]
+        assert (int(record["samples"]), int(record["pies"])) == (SAMPLES, len(pies))
+        assert float(record["pie_fraction"]) == pytest.approx(len(pies) / SAMPLES)
+        assert float(record["pie_accuracy"]) == 0.0
+        assert float(record["rest_accuracy"]) == 100.0
+        assert float(record["pie_teacher_accuracy"]) == pytest.approx(
+            100 * np.mean([row % 2 == 0 for row in pies])
+        )
+        assert float(record["pie_attr_auc"]) == pytest.approx(50 + np.mean(pies))
+        assert float(record["rest_attr_auc"]) == pytest.approx(50 + np.mean(rest))
+        assert float(record["pie_attr_cos"]) == pytest.approx(0.3)
+    markdown = (report.folder / "report.md").read_text()
+    assert "## PIEs" in markdown
+    assert f"| distillation | naive | {TRIALS[0].name} | 12 | 3 | 25.0 | 0.0 / 100.0 |" in markdown
+
+
+def test_further_methods_get_the_papers_table_per_method(report: Report) -> None:
+    markdown = (report.folder / "report.md").read_text()
+    assert "### LRP" in markdown
+    assert "| distillation | teacher | teacher | 85.0 | 55.0 | - | - |" in markdown
+    assert f"| distillation | EWA | {TRIALS[1].name} | 80.0 | 50.0 | 0.800 | 0.200 |" in markdown
+    assert "### EBP" not in markdown
+
+
+def test_overlays_put_the_rows_with_the_same_images_side_by_side(report: Report) -> None:
+    path = report.folder / "attribution_overlays.png"
+    assert path in report.files
+    with Image.open(path) as image:
+        width, height = image.size
+    # Image, teacher, naive, EWA, SSWA (SWA's maps explain other classes): 5 columns, 3 rows.
+    assert width > height
+    markdown = (report.folder / "report.md").read_text()
+    assert "Grad-CAM of the teacher and of the naive, EWA, SSWA trials" in markdown
