@@ -12,7 +12,9 @@ from analysis.pies import modal_labels, pie_summary, population_pies
 from trainables.trial_artifacts import per_sample_table
 
 
-def _table(predicted: list[list[int]], teacher: list[list[int]], **columns: list) -> pa.Table:
+def _table(
+    predicted: list[list[int]], teacher: list[list[int]], **columns: list[object]
+) -> pa.Table:
     def matrix(sets: list[list[int]]) -> np.ndarray:
         out = np.zeros((len(sets), 4), dtype=bool)
         for row, classes in enumerate(sets):
