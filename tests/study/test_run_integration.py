@@ -127,3 +127,36 @@ def test_effect_table_puts_each_enqueued_setting_under_the_teacher(
     text = render_effect_table(rows)
     assert text.splitlines()[0] == "| setting | map | attr_auc | point_acc | attr_cos | attr_l2 |"
     assert text.splitlines()[2].startswith(f"| teacher | {rows[0].metrics['map']:.1f} |")
+
+
+def test_report_on_the_study_holds_pies_and_overlays_of_its_trials(
+    study: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Each trial logged its per-sample Parquet and overlay maps; `apc report` uses them."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+
+    from analysis.pies import load_per_sample
+
+    uri, _ = study
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    trials = [
+        r for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags["apc.role"] == "trial"
+    ]  # fmt: skip
+    for run in trials:
+        table = load_per_sample(uri, run.info.run_id)
+        assert table is not None
+        assert table.num_rows == 16
+        agree = table.column("teacher_agree").to_numpy(zero_copy_only=False)
+        assert run.data.metrics["pie_fraction"] == pytest.approx(1 - agree.mean())
+    out = tmp_path / "report"
+    assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert (out / "attribution_overlays.png").is_file()
+    with (out / "pies.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(r["row"] for r in rows) == ["SSWA", "naive"]
+    assert "## PIEs" in (out / "report.md").read_text()
