@@ -55,6 +55,7 @@ import copy
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ from torch import Tensor, nn
 from bench._common import emit, environment, median, time_interleaved
 from trainables.data import build_dataset
 from trainables.evaluation import Evaluation, evaluate
+from trainables.metric_names import ATTRIBUTION_METHOD_NAMES
 from trainables.models import build_model, matched_layer
 
 BENCH = "eval_throughput"
@@ -341,6 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "comparison decides the exit status)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(ATTRIBUTION_METHOD_NAMES[1:]),
+        choices=list(ATTRIBUTION_METHOD_NAMES[1:]),
+        help="further attribution methods whose cost per pair is measured (none: skip)",
+    )
+    parser.add_argument(
+        "--method-images", type=int, default=64, help="images of each further method's timing"
+    )
     args = parser.parse_args(argv)
     if min(args.images, args.batch_size, args.repeats) < 1 or args.image_size < 32:
         parser.error("--images, --batch-size and --repeats must be >= 1, --image-size >= 32")
@@ -448,7 +460,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             **env,
         }
     )
+    method_costs(
+        student, teacher, data.head(min(args.method_images, args.images)), args.methods,
+        batch_size=args.batch_size, device=device, env=env,
+    )  # fmt: skip
     return 0 if agree else 1
+
+
+def method_costs(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: EvalSet,
+    methods: Sequence[str],
+    *,
+    batch_size: int,
+    device: torch.device,
+    env: Mapping[str, Any],
+) -> None:
+    """What each further attribution method adds to ``evaluate`` (one run each, untimed
+    against anything else): the whole evaluation with that method only, minus Grad-CAM's."""
+    batches = data.batches(batch_size)
+
+    def timed(chosen: tuple[str, ...]) -> tuple[float, Evaluation]:
+        started = time.perf_counter()
+        result = evaluate(student, batches, teacher=teacher, device=device,
+                          attribution_methods=chosen)  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started, result
+
+    base_seconds, base = timed(("grad_cam",))
+    pairs = int(base.per_sample["num_pairs"].sum())
+    for method in methods:
+        print(f"attribution method {method} ...", file=sys.stderr, flush=True)
+        seconds, _ = timed((method,))
+        emit(
+            {
+                "bench": BENCH,
+                "case": "further_method",
+                "method": method,
+                "images": data.labels.shape[0],
+                "pairs": pairs,
+                "seconds": round(seconds, 3),
+                "grad_cam_seconds": round(base_seconds, 3),
+                "ms_per_pair": round(1e3 * seconds / max(pairs, 1), 3),
+                "ratio_to_grad_cam": round(seconds / base_seconds, 2),
+                **env,
+            }
+        )
 
 
 if __name__ == "__main__":
