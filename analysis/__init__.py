@@ -1,5 +1,5 @@
 """Analysis of finished (or running) studies, from MLflow: Pareto fronts, hypervolume, effects,
-reports.
+PIEs, reports.
 
 Importing this package stays cheap: MLflow and matplotlib are imported only when a function
 that needs them is called.
@@ -20,6 +20,13 @@ from analysis.pareto import (
     pareto_front,
     pareto_mask,
     parse_objectives,
+)
+from analysis.pies import (
+    PieSummary,
+    load_per_sample,
+    modal_labels,
+    pie_summary,
+    population_pies,
 )
 from analysis.report import (
     NoFinishedTrialsError,
@@ -48,6 +55,7 @@ __all__ = [
     "EffectRow",
     "NoFinishedTrialsError",
     "ObjectivesError",
+    "PieSummary",
     "ReferencePointError",
     "Report",
     "ReportRow",
@@ -58,16 +66,20 @@ __all__ = [
     "effect_table",
     "hypervolume",
     "hypervolume_history",
+    "load_per_sample",
     "load_trials",
     "log_report",
     "metric_columns",
+    "modal_labels",
     "param_columns",
     "pareto_front",
     "pareto_mask",
     "parse_objectives",
+    "pie_summary",
     "plot_hypervolume",
     "plot_metrics_vs_beta",
     "plot_pareto_matrix",
+    "population_pies",
     "render_effect_table",
     "write_report",
 ]
