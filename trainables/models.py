@@ -27,8 +27,10 @@ from torchvision.models import vgg as tv_vgg
 
 __all__ = [
     "ARCHITECTURES",
+    "SPLIT_MATCHED_LAYER",
     "WIDTH_DIVISORS",
     "Architecture",
+    "SplitModel",
     "build_model",
     "forward_features",
     "forward_head",
@@ -288,6 +290,27 @@ def load_imagenet_weights(
 
 _UNSUPPORTED = "model: must be a torchvision VGG or ResNet, got {}"
 
+#: The matched layer of a :class:`SplitModel`: its ``features`` part.
+SPLIT_MATCHED_LAYER = "features"
+
+
+class SplitModel(nn.Module):
+    """A network held as two parts split at its matched layer, e.g. a quantized copy whose
+    parts are exported graphs (:mod:`trainables.quantization`).
+
+    ``features``: images [B, 3, S, S] -> matched-layer features [B, C, h, w] (the matched
+    layer is this part); ``head``: features [B, C, h, w] -> logits [B, num_classes].
+    """
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.features(images))
+        return logits
+
 
 def _family(model: nn.Module) -> Family:
     if isinstance(model, tv_vgg.VGG):
@@ -299,6 +322,8 @@ def _family(model: nn.Module) -> Family:
 
 def matched_layer_name(model: nn.Module) -> str:
     """Dotted name of the submodule whose output is matched (``features`` or ``layer4``)."""
+    if isinstance(model, SplitModel):
+        return SPLIT_MATCHED_LAYER
     family = _family(model)
     return next(a.matched_layer for a in ARCHITECTURES.values() if a.family == family)
 
@@ -310,6 +335,9 @@ def matched_layer(model: nn.Module) -> nn.Module:
 
 def forward_features(model: nn.Module, images: Tensor) -> Tensor:
     """Run ``model`` up to its matched layer: images [B, 3, S, S] -> features [B, C, h, w]."""
+    if isinstance(model, SplitModel):
+        split: Tensor = model.features(images)
+        return split
     if isinstance(model, tv_vgg.VGG):
         features: Tensor = model.features(images)
         return features
@@ -322,6 +350,9 @@ def forward_features(model: nn.Module, images: Tensor) -> Tensor:
 
 def forward_head(model: nn.Module, features: Tensor) -> Tensor:
     """Run ``model`` from its matched layer: features [B, C, h, w] -> logits [B, num_classes]."""
+    if isinstance(model, SplitModel):
+        head: Tensor = model.head(features)
+        return head
     if isinstance(model, tv_vgg.VGG):
         logits: Tensor = model.classifier(torch.flatten(model.avgpool(features), 1))
         return logits

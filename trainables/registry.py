@@ -27,6 +27,7 @@ TRAINABLES: Final[dict[str, str]] = {
     "distillation": "trainables.distillation:distillation_trainable",
     "structured_pruning": "trainables.structured_pruning:structured_pruning_trainable",
     "unstructured_pruning": "trainables.unstructured_pruning:unstructured_pruning_trainable",
+    "quantization": "trainables.quantization:quantization_trainable",
 }
 
 #: method -> "module:function" parsing its ``method_options``; a method absent here has none.
