@@ -38,7 +38,8 @@ What is measured, every reported epoch:
   quantize -> dequantize pair is replaced by ``torch.fake_quantize_per_tensor_affine`` with the
   same scale and zero point (the same values forward, straight-through gradients backward). The
   head's weights stay int8. This view (:func:`evaluation_view`) is also the model a trial hands
-  over for export and final artifacts.
+  over for export and final artifacts; its ``model.pt2`` holds the int8 weights and torchao's
+  ``quantized_decomposed`` ops, so loading it needs ``import torchao`` first (it registers them).
 * ``model_bytes``: ``torch.save`` of the converted model's state (int8 weights, float32 biases,
   per-channel float32 scales and int64 zero points; float16 tensors for ``fp16``), attributes the
   graphs no longer use removed. ``params``: weights and biases of the deployed (BN-folded)
