@@ -202,7 +202,7 @@ def _pareto(args: argparse.Namespace) -> int:
 
     from analysis.pareto import ObjectivesError, parse_objectives
     from search_spaces.space import nearest_name
-    from trainables.metric_names import METRICS
+    from trainables.metric_names import METRICS, valid_metrics_text
 
     def usage(problems: list[str]) -> int:
         for problem in problems:
@@ -219,7 +219,7 @@ def _pareto(args: argparse.Namespace) -> int:
     for name in objectives:
         if name not in METRICS:
             close = nearest_name(name, list(METRICS))
-            hint = f"did you mean {close!r}?" if close else f"valid: {', '.join(METRICS)}"
+            hint = f"did you mean {close!r}?" if close else f"valid: {valid_metrics_text()}"
             problems.append(f"--objectives: unknown metric {name!r} ({hint})")
     out = Path(args.out) if args.out else None
     if args.format == "parquet" and out is None:

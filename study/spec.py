@@ -33,6 +33,7 @@ from trainables.metric_names import (
     ATTRIBUTION_METRICS,
     METRICS,
     method_metric,
+    valid_metrics_text,
 )
 from trainables.registry import check_method_options, trainable_names
 
@@ -521,7 +522,9 @@ def _objectives(data: object, problems: list[str]) -> dict[str, Literal["min", "
     objectives: dict[str, Literal["min", "max"]] = {}
     for metric, mode in data.items():
         if metric not in METRICS:
-            problems.append(f"objectives.{metric}: unknown metric ({_hint(str(metric), METRICS)})")
+            close = nearest_name(str(metric), list(METRICS))
+            hint = f"did you mean {close!r}?" if close else f"valid: {valid_metrics_text()}"
+            problems.append(f"objectives.{metric}: unknown metric ({hint})")
         elif mode not in ("min", "max"):
             problems.append(f"objectives.{metric}: must be min or max, got {mode!r}")
         else:

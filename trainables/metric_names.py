@@ -12,10 +12,12 @@ __all__ = [
     "ATTRIBUTION_METHOD_LABELS",
     "ATTRIBUTION_METHOD_NAMES",
     "ATTRIBUTION_METRICS",
+    "EPOCH_METRICS",
     "METRICS",
     "Direction",
     "method_metric",
     "metric_direction",
+    "valid_metrics_text",
 ]
 
 Direction = Literal["min", "max"]
@@ -66,6 +68,9 @@ def method_metric(metric: str, method: str) -> str:
     return metric if method == ATTRIBUTION_METHOD_NAMES[0] else f"{metric}_{method}"
 
 
+#: The metrics that are not a further attribution method's (the names every epoch reports).
+EPOCH_METRICS: Final[tuple[str, ...]] = tuple(METRICS)
+
 METRICS.update(
     {
         method_metric(metric, method): (
@@ -85,3 +90,11 @@ def metric_direction(name: str) -> Direction:
         return METRICS[name][0]
     except KeyError:
         raise ValueError(f"metric: must be one of {sorted(METRICS)}, got {name!r}") from None
+
+
+def valid_metrics_text() -> str:
+    """The valid metric names for an error message: the epoch metrics, then the family."""
+    return (
+        f"{', '.join(EPOCH_METRICS)}, and {'/'.join(ATTRIBUTION_METRICS)}_<method> for "
+        f"{'/'.join(ATTRIBUTION_METHOD_NAMES[1:])}"
+    )

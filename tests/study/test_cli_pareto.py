@@ -211,7 +211,7 @@ BAD = [
     (
         ["--objectives", "accuracy:max"],
         [
-            "apc pareto: --objectives: unknown metric 'accuracy' (valid: loss, map, map_samples, f1, top1, attr_cos, attr_l2, attr_auc, point_acc, params, nonzero_params, model_bytes, flops, latency_ms, latency_ms_b32, param_fraction, model_bytes_sparse, sparsity, pie_fraction)"
+            "apc pareto: --objectives: unknown metric 'accuracy' (valid: loss, map, map_samples, f1, top1, attr_cos, attr_l2, attr_auc, point_acc, params, nonzero_params, model_bytes, flops, latency_ms, latency_ms_b32, param_fraction, model_bytes_sparse, sparsity, pie_fraction, and attr_auc/point_acc/attr_cos/attr_l2_<method> for integrated_gradients/lrp/ebp/rap)"
         ],
     ),
     (
