@@ -119,7 +119,9 @@ MAPS_ARTIFACT: Final = "attributions/attribution_maps.npz"
 _PIE_SHOWN: Final = ("accuracy", "teacher_accuracy", "attr_auc", "attr_cos")
 
 #: The params that tell one setting of a kind from another (study.tracking.SEARCHED_PARAMS).
-_SETTING_PARAMS: Final = ("beta", "drop_p", "prune_rate", "student_width")
+_SETTING_PARAMS: Final = (
+    "mode", "beta", "drop_p", "prune_rate", "student_width", "calibration_size", "observer",
+)  # fmt: skip
 _CSV_COLUMNS: Final = ("method", "row", "chosen", "setting", "trial", "run_id", *REPORT_METRICS)
 _MD_COLUMNS: Final = ("method", "row", "setting", "chosen", "trial", *REPORT_METRICS)
 _PERCENT: Final = frozenset({"map", "f1", "attr_auc", "point_acc"})

@@ -57,7 +57,7 @@ __all__ = [
 #: Compression methods a spec may name: those with a trainable in trainables.registry.
 METHODS: Final[tuple[str, ...]] = trainable_names()
 #: Planned methods, refused with a clear message until their trainable exists.
-PLANNED_METHODS: Final[tuple[str, ...]] = ("quantization",)
+PLANNED_METHODS: Final[tuple[str, ...]] = ()
 SAMPLERS: Final[tuple[str, ...]] = ("nsga2", "tpe", "random")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
@@ -537,11 +537,13 @@ _METHOD_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     "distillation": ("matching", "beta", "drop_p", "student_width"),
     "structured_pruning": ("matching", "beta", "drop_p", "prune_rate"),
     "unstructured_pruning": ("matching", "beta", "drop_p", "prune_rate"),
+    "quantization": ("mode", "matching", "beta", "drop_p", "calibration_size", "observer"),
 }
 #: The parameters a method needs in every trial.
 _REQUIRED_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     "structured_pruning": ("prune_rate",),
     "unstructured_pruning": ("prune_rate",),
+    "quantization": ("mode",),
 }
 
 
@@ -553,6 +555,7 @@ def _parameter_domains(teacher_width: int) -> dict[str, tuple[str, Callable[[Any
     """Searched parameter -> (rule, test): the values a trainable accepts, whatever the space."""
     from trainables.matching import MATCHING_KINDS
     from trainables.models import WIDTH_DIVISORS
+    from trainables.quantization import MODES, OBSERVERS
 
     widths = [w for w in range(1, max(WIDTH_DIVISORS) + 1) if teacher_width * w in WIDTH_DIVISORS]
     return {
@@ -565,6 +568,12 @@ def _parameter_domains(teacher_width: int) -> dict[str, tuple[str, Callable[[Any
             f"be a width divisor, at most {max(WIDTH_DIVISORS)})",
             lambda v: not isinstance(v, bool) and v in widths,
         ),
+        "mode": (f"must be one of {list(MODES)}", lambda v: v in MODES),
+        "calibration_size": (
+            "must be an integer >= 1",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        ),
+        "observer": (f"must be one of {list(OBSERVERS)}", lambda v: v in OBSERVERS),
     }
 
 

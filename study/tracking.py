@@ -53,7 +53,10 @@ ORPHAN_TAG = "apc.orphaned"
 STOPPED_TAG = "apc.stopped_early"
 #: The spec as the study ran it (overrides applied, paths absolute): what ``apc resume`` reads.
 EFFECTIVE_SPEC_FILE = "spec.effective.yaml"
-SEARCHED_PARAMS = ("matching", "beta", "drop_p", "prune_rate", "student_width")
+SEARCHED_PARAMS = (
+    "mode", "matching", "beta", "drop_p", "prune_rate", "student_width", "calibration_size",
+    "observer",
+)  # fmt: skip
 
 
 def trial_params(config: Mapping[str, Any], *, method: str, teacher_run_id: str) -> dict[str, str]:

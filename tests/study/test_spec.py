@@ -105,9 +105,19 @@ def _problems(data: object) -> list[str]:
             "teacher.checkpoint: must be an existing file, got 'missing.pt'",
         ),
         (
-            {"name": "s", "method": "quantization"},
-            "method: 'quantization' has no trainable yet; available: distillation, "
-            "structured_pruning, unstructured_pruning",
+            {"name": "s", "method": "quantisation"},
+            "method: must be one of ['distillation', 'structured_pruning', "
+            "'unstructured_pruning', 'quantization'], got 'quantisation'",
+        ),
+        (
+            {
+                "name": "s",
+                "method": "quantization",
+                "search_space": "quantization",
+                "enqueue": [{"mode": "int4"}],
+            },
+            "enqueue[0].mode: must be one of ['qat_int8', 'fp16', 'dynamic_int8', "
+            "'static_int8'], got 'int4'",
         ),
         (
             {"name": "s", "method": "unstructured_pruning", "epochs": 3},

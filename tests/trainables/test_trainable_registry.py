@@ -17,7 +17,7 @@ def test_every_method_a_spec_accepts_has_an_importable_trainable() -> None:
         assert callable(trainable)
         assert trainable.__name__ == f"{name}_trainable"
     with pytest.raises(ValueError, match=r"method: must be one of \['distillation'"):
-        get_trainable("quantization")
+        get_trainable("quantisation")
 
 
 def test_method_options_are_checked_by_the_method() -> None:
