@@ -69,7 +69,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import statistics
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ from torchvision.models import vgg as tv_vgg
 
 from trainables.loop import CompressionHooks, TrainState, train_student
 from trainables.models import SplitModel, forward_features, forward_head
-from trainables.size import count_flops, count_params
+from trainables.size import count_flops, count_params, median_latency_ms
 from trainables.trial import (
     CheckpointReporter,
     TrialSetup,
@@ -592,19 +591,6 @@ def lower_for_cpu(model: QuantizedNet, batch: int, image_size: int) -> nn.Module
     return _Lowered(lowered)
 
 
-def _latency_ms(model: nn.Module, images: Tensor, *, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of one forward pass. No copy: lowered graphs hold oneDNN's packed
-    weights, which cannot be deep-copied (:func:`trainables.size.cpu_latency_ms` copies)."""
-    times = []
-    with torch.inference_mode():
-        for index in range(warmup + repeats):
-            start = time.perf_counter()
-            model(images)
-            if index >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
-
-
 def _state_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
@@ -647,7 +633,8 @@ def quantized_size_metrics(
         lowered = lower_for_cpu(copy.deepcopy(model).cpu().eval(), batch, image_size)
         repeats = latency_repeats if batch == 1 else max(1, latency_repeats // 2)
         images = torch.zeros(batch, 3, image_size, image_size)
-        latency = _latency_ms(lowered, images, repeats=repeats)
+        # Lowered graphs hold oneDNN's packed weights, which cannot be deep-copied: timed as is.
+        latency = median_latency_ms(lowered, images, repeats=repeats, warmup=2)
         metrics["latency_ms" if batch == 1 else f"latency_ms_b{batch}"] = latency
     if reference_params is not None:
         metrics["param_fraction"] = params / reference_params

@@ -36,6 +36,7 @@ __all__ = [
     "count_nonzero_params",
     "count_params",
     "cpu_latency_ms",
+    "median_latency_ms",
     "size_metrics",
     "sparse_state_dict_bytes",
     "state_dict_bytes",
@@ -109,7 +110,9 @@ def count_flops(model: nn.Module, image_size: int, *, batch: int = 1) -> int:
     return int(counter.get_total_flops())
 
 
-def _latency_ms(model: nn.Module, images: Tensor, repeats: int, warmup: int) -> float:
+def median_latency_ms(model: nn.Module, images: Tensor, *, repeats: int, warmup: int) -> float:
+    """Median milliseconds of ``model(images)`` over ``repeats`` timed runs after ``warmup``
+    untimed ones, under ``inference_mode``; ``model`` is run as given (no copy)."""
     times = []
     with torch.inference_mode():
         for index in range(warmup + repeats):
@@ -129,7 +132,9 @@ def cpu_latency_ms(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats: must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    return _latency_ms(_cpu_eval_copy(model), _probe_input(image_size, batch), repeats, warmup)
+    return median_latency_ms(
+        _cpu_eval_copy(model), _probe_input(image_size, batch), repeats=repeats, warmup=warmup
+    )
 
 
 def size_metrics(
@@ -158,7 +163,9 @@ def size_metrics(
         "nonzero_params": float(nonzero),
         "model_bytes": float(state_dict_bytes(probe)),
         "flops": float(count_flops(probe, image_size)),
-        "latency_ms": _latency_ms(probe, _probe_input(image_size, 1), latency_repeats, 1),
+        "latency_ms": median_latency_ms(
+            probe, _probe_input(image_size, 1), repeats=latency_repeats, warmup=1
+        ),
     }
     if reference_params is not None:
         metrics["param_fraction"] = nonzero / reference_params
@@ -166,8 +173,8 @@ def size_metrics(
         metrics["model_bytes_sparse"] = float(sparse_state_dict_bytes(probe))
     if large_batch is not None:
         images = _probe_input(image_size, large_batch)
-        metrics[f"latency_ms_b{large_batch}"] = _latency_ms(
-            probe, images, max(1, latency_repeats // 2), 1
+        metrics[f"latency_ms_b{large_batch}"] = median_latency_ms(
+            probe, images, repeats=max(1, latency_repeats // 2), warmup=1
         )
     return metrics
 
