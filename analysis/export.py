@@ -20,7 +20,7 @@ __all__ = ["FORMATS", "Format", "ranked_front", "render"]
 Format = Literal["table", "csv", "json", "parquet"]
 FORMATS: Final[tuple[Format, ...]] = ("table", "csv", "json", "parquet")
 
-_FIRST: Final = ("trial", "run_id", "status")
+_FIRST: Final = ("trial", "study", "run_id", "status")
 
 
 def ranked_front(trials: pa.Table, objectives: Mapping[str, Direction]) -> pa.Table:
@@ -86,7 +86,7 @@ def _csv_value(value: object) -> str:
 
 
 def _text(front: pa.Table, objectives: Mapping[str, Direction]) -> str:
-    names = [name for name in ("trial", *objectives) if name in front.column_names]
+    names = [name for name in ("trial", "study", *objectives) if name in front.column_names]
     names += [name for name in param_columns(front) if name not in names]
     numeric = set(metric_columns(front)) | {
         f.name for f in front.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)

@@ -237,12 +237,12 @@ def _pareto(args: argparse.Namespace) -> int:
     from analysis.runs import (
         BadFilterError,
         RunsQueryError,
-        load_trials,
+        load_studies,
         metric_columns,
     )
 
     try:
-        trials = load_trials(args.tracking_uri, args.name, filter_string=args.filter)
+        trials = load_studies(args.tracking_uri, args.name, filter_string=args.filter)
     except BadFilterError as error:
         return usage([f"--filter {args.filter!r}: {error.reason}"])
     except RunsQueryError as error:
@@ -250,7 +250,11 @@ def _pareto(args: argparse.Namespace) -> int:
     except MlflowException as error:
         print(f"apc pareto: MLflow: {error.message}", file=sys.stderr)
         return 1
-    which = f"of study {args.name!r}" + (f" matching {args.filter!r}" if args.filter else "")
+    names = list(dict.fromkeys(args.name))
+    which = (
+        f"of study {names[0]!r}" if len(names) == 1
+        else "of studies " + ", ".join(repr(n) for n in names)
+    ) + (f" matching {args.filter!r}" if args.filter else "")  # fmt: skip
     if trials.num_rows == 0:
         print(f"apc pareto: no trial runs {which}", file=sys.stderr)
     else:
@@ -398,7 +402,11 @@ def _parser() -> argparse.ArgumentParser:
     pareto = commands.add_parser(
         "pareto", help="print the Pareto-optimal trials of a study recorded in MLflow"
     )
-    pareto.add_argument("name", metavar="NAME", help="the study's name (its MLflow experiment)")
+    pareto.add_argument(
+        "name", metavar="NAME", nargs="+",
+        help="the study's name (its MLflow experiment); several: one front over their trials, "
+        "e.g. of different compression methods",
+    )  # fmt: skip
     pareto.add_argument(
         "--objectives",
         default="map:max,attr_auc:max,params:min",

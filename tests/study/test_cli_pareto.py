@@ -298,3 +298,46 @@ def test_console_script_gives_no_traceback(store: StudyStore, tmp_path: Path) ->
     assert done.stderr == (
         f"apc pareto: study 'nope': no such experiment in {store.uri}; known: {STUDY}, {OTHER}\n"
     )
+
+
+def test_several_studies_share_one_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Studies of different compression methods: one front over all their trials."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from tests.analysis.mlflow_study import Trial
+
+    uri = f"sqlite:///{tmp_path / 'mixed.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    studies = {
+        "kd": [Trial("kd_0", {"method": "distillation", "student_width": "2"},
+                     {"map": 60.0, "params": 100.0}),
+               Trial("kd_1", {"method": "distillation", "student_width": "4"},
+                     {"map": 50.0, "params": 30.0})],
+        "int8": [Trial("q_0", {"method": "quantization", "mode": "static_int8"},
+                       {"map": 58.0, "params": 20.0}),
+                 Trial("q_1", {"method": "quantization", "mode": "fp16"},
+                       {"map": 49.0, "params": 40.0})],
+    }  # fmt: skip
+    for study, trials in studies.items():
+        experiment = client.create_experiment(study, artifact_location=(tmp_path / study).as_uri())
+        for trial in trials:
+            run = client.create_run(experiment, tags={"apc.role": "trial"}, run_name=trial.name)
+            client.log_batch(
+                run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in trial.final.items()],
+                params=[Param(k, v) for k, v in trial.params.items()],
+            )  # fmt: skip
+    objectives = {"map": "max", "params": "min"}
+    args = ["pareto", "kd", "int8", "--tracking-uri", uri, "--objectives", "map:max,params:min"]
+    assert main([*args, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    every = [t for trials in studies.values() for t in trials]
+    assert {r["trial"] for r in rows} == expected_front(objectives, every) == {"kd_0", "q_0"}
+    assert {r["trial"]: r["study"] for r in rows} == {"kd_0": "kd", "q_0": "int8"}
+    assert {r["trial"]: r["mode"] for r in rows} == {"kd_0": "", "q_0": "static_int8"}
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("2 of 4 trials of studies 'kd', 'int8' on the Pareto front of")
+    assert table.splitlines()[1].split()[:4] == ["trial", "study", "map", "params"]
