@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from study.spec import Spec
 from trainables import __version__
 from trainables.loop import LoopConfig, Optimization, TrainState, train_student
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
+from trainables.size import count_params
 from trainables.trial import TrialSetup, make_evaluator, make_loaders
 
 __all__ = [
@@ -145,10 +146,14 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
 
     evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
     # The teacher's row of each further method's table: measured once, like a trial's last epoch.
-    final_evaluation = make_evaluator(
+    further = make_evaluator(
         eval_loader, multi_label=setup.multi_label,
         attribution_methods=("grad_cam", *setup.attribution_methods),
     )  # fmt: skip
+
+    def final_evaluation(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
+        # A loaded teacher reports what a trained one does: its metrics and its size.
+        return {**further(model, teacher), "params": float(count_params(model))}
 
     if spec.teacher.checkpoint is not None:
         path = Path(spec.teacher.checkpoint)
@@ -184,5 +189,5 @@ def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> Teacher
     torch.save(state, partial)
     partial.replace(path)  # atomic: a killed run never leaves half a teacher in the cache
     if setup.attribution_methods:
-        final.update(final_evaluation(model, None))
+        final.update(further(model, None))
     return TeacherResult(state, final, path, key, True)

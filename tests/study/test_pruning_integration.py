@@ -147,3 +147,13 @@ def test_unstructured_pruning_study(store: tuple[str, Path]) -> None:
     _check_model_artifact(store, run.info.run_id, metrics["params"])
     # The second study reused the first one's cached teacher.
     assert len(list((store[1] / "results" / "teachers").glob("teacher-*.pt"))) == 1
+    # and its teacher run reports what the trained one did, its size included.
+    client = MlflowClient(store[0])
+    teachers = [
+        r for name in ("structured", "unstructured")
+        for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        if r.data.tags["apc.role"] == "teacher"
+    ]  # fmt: skip
+    assert len(teachers) == 2
+    assert teachers[0].data.metrics["params"] == teachers[1].data.metrics["params"]
+    assert teachers[1].data.metrics["map"] == pytest.approx(teachers[0].data.metrics["map"])
