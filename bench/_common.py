@@ -15,7 +15,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["emit", "environment", "time_interleaved"]
+__all__ = ["emit", "environment", "inference_call", "time_interleaved"]
+
+
+def inference_call(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], object]:
+    """A no-argument call of ``model(images)`` under ``inference_mode``, for the timers."""
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    return run
 
 
 def emit(record: Mapping[str, Any]) -> None:

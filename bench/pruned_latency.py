@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench._common import emit, environment, median, time_interleaved
+from bench._common import emit, environment, inference_call, median, time_interleaved
 from trainables.models import ARCHITECTURES, build_model
 from trainables.size import count_flops, count_params
 from trainables.structured_pruning import SCHEMES, prune_structured
@@ -33,14 +33,6 @@ BENCH = "pruned_latency"
 
 def _numbers(text: str, kind: Callable[[str], Any]) -> list[Any]:
     return [kind(part) for part in text.split(",") if part]
-
-
-def _forward(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(images)
-
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for batch in batches:
         images = torch.randn(batch, 3, args.image_size, args.image_size)
         for rate, model in models.items():
-            cases[f"{rate}/{batch}"] = _forward(model, images)
+            cases[f"{rate}/{batch}"] = inference_call(model, images)
     times = time_interleaved(cases, rounds=args.rounds, warmup=1)
     env = environment("cpu")
     summary: dict[str, Any] = {

@@ -24,22 +24,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-from bench._common import emit, environment, median, time_interleaved
+from bench._common import emit, environment, inference_call, median, time_interleaved
 from trainables.models import ARCHITECTURES, build_model
 from trainables.quantization import PTQ_MODES, fold_batch_norm, lower_for_cpu, quantize_ptq
 from trainables.size import state_dict_bytes
 
 BENCH = "quantized_latency"
-
-
-def _forward(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(images)
-
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases: dict[str, Callable[[], object]] = {}
     for batch in batches:
         images = torch.randn(batch, 3, size, size)
-        cases[f"fp32/{batch}"] = _forward(dense, images)
-        cases[f"fp32_folded/{batch}"] = _forward(folded, images)
+        cases[f"fp32/{batch}"] = inference_call(dense, images)
+        cases[f"fp32_folded/{batch}"] = inference_call(folded, images)
         for mode, model in quantized.items():
-            cases[f"{mode}/{batch}"] = _forward(lower_for_cpu(model, batch, size), images)
+            cases[f"{mode}/{batch}"] = inference_call(lower_for_cpu(model, batch, size), images)
     times = time_interleaved(cases, rounds=args.rounds, warmup=2)
     summary: dict[str, Any] = {
         "bench": BENCH, "summary": True, "arch": args.arch, "width": args.width,
