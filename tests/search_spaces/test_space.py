@@ -120,7 +120,8 @@ def test_load_from_file_relative_to_the_spec_and_errors(tmp_path: Path) -> None:
     assert space.names == ("x",)
     _, missing = load_search_space("nope.yaml", base_dir=tmp_path)
     assert missing == [
-        "search_space: must be a built-in space (distillation, structured_pruning, unstructured_pruning) or an existing YAML file, "
+        "search_space: must be a built-in space (distillation, quantization, structured_pruning, "
+        "unstructured_pruning) or an existing YAML file, "
         "got 'nope.yaml'"
     ]
     (tmp_path / "bad.yaml").write_text("parameters: [unclosed\n")
