@@ -65,7 +65,7 @@ from trainables.metrics import (
     sample_average_precision,
     top1_accuracy,
 )
-from trainables.models import forward_features, forward_head
+from trainables.models import eval_mode, forward_features, forward_head
 
 __all__ = ["PER_SAMPLE_COLUMNS", "Evaluation", "evaluate"]
 
@@ -309,11 +309,6 @@ def _nanmean(values: Tensor, scale: float = 1.0) -> float:
     return float(defined.to(torch.float64).mean()) * scale
 
 
-def _snapshot_modes(*models: nn.Module | None) -> list[tuple[nn.Module, bool]]:
-    """Every submodule's train/eval flag, so mixed modes (e.g. frozen BN) come back exactly."""
-    return [(m, m.training) for model in models if model is not None for m in model.modules()]
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -370,11 +365,7 @@ def evaluate(
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches: must be a positive integer or None, got {max_batches}")
     device = torch.device(device)
-    modes = _snapshot_modes(model, teacher)
-    model.eval()
-    if teacher is not None:
-        teacher.eval()
-    try:
+    with eval_mode(model, teacher):
         acc, has_masks = _run(
             model,
             loader,
@@ -385,9 +376,6 @@ def evaluate(
             max_batches=max_batches,
             methods=tuple(dict.fromkeys(attribution_methods)),
         )
-    finally:
-        for module, training in modes:
-            module.training = training
     return _summarise(
         acc,
         has_masks=has_masks,

@@ -15,8 +15,9 @@ are torchvision's and pruning libraries see ordinary modules. What this module a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "Architecture",
     "SplitModel",
     "build_model",
+    "eval_mode",
     "forward_features",
     "forward_head",
     "linear_head_weight",
@@ -372,3 +374,18 @@ def linear_head_weight(model: nn.Module) -> Tensor | None:
         weight: Tensor = model.fc.weight
         return weight
     return None
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Put ``models`` (None skipped) in eval mode; afterwards every submodule's own train/eval
+    flag comes back exactly (mixed modes such as a frozen BN included)."""
+    flags = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        for model in models:
+            if model is not None:
+                model.eval()
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training

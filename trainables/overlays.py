@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables.data import denormalize
+from trainables.models import eval_mode
 
 __all__ = [
     "MAPS_FILE",
@@ -93,19 +94,14 @@ def capture_overlay_maps(
         raise ValueError(f"count: must be a positive integer, got {count}")
     size = min(count, len(dataset))
     images = torch.stack([dataset[i]["image"] for i in range(size)]).to(device)
-    modes = [(m, m.training) for net in (model, teacher) if net is not None for m in net.modules()]
-    try:
-        model.eval()
-        reference = teacher.eval() if teacher is not None else model
+    with eval_mode(model, teacher):
+        reference = teacher if teacher is not None else model
         with torch.no_grad():
             targets = reference(images).argmax(dim=1)
         student_maps = grad_cam_map(model, images, targets).detach()
         teacher_maps = (
             grad_cam_map(teacher, images, targets).detach() if teacher is not None else None
         )
-    finally:
-        for module, training in modes:
-            module.training = training
     rgb = denormalize(images.detach().cpu()).clamp(0, 1).permute(0, 2, 3, 1)
     height, width = rgb.shape[1:3]
     return OverlayMaps(
