@@ -18,13 +18,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from study.samplers import SamplerRecipe
 from study.spec import Spec, SpecError, parse_spec
 from study.teacher import TeacherResult, prepare_teacher, trial_setup
 from study.tracking import EFFECTIVE_SPEC_FILE, StudyTracker, find_study, tune_callback
+
+if TYPE_CHECKING:
+    from study.search import DistinctOptunaSearch
 
 __all__ = [
     "ResumeError",
@@ -68,15 +72,10 @@ class StudyOutcome:
     mlflow_outage_s: float = 0.0
 
 
-def _sampler(spec: Spec) -> Any:
-    import optuna
-
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.NSGAIISampler(
-        seed=spec.seed, population_size=max(4, spec.max_concurrent * 2)
+def sampler_recipe(spec: Spec) -> SamplerRecipe:
+    """The spec's sampler; NSGA-II's generation spans two rounds of concurrent trials."""
+    return SamplerRecipe(
+        name=spec.sampler, seed=spec.seed, population_size=max(4, spec.max_concurrent * 2)
     )
 
 
@@ -163,20 +162,25 @@ def _trainable(spec: Spec, setup: Any, teacher: TeacherResult) -> Any:
     )
 
 
-def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
-    from ray import tune
-
+def build_searcher(spec: Spec) -> DistinctOptunaSearch:
+    """The study's searcher: the spec's space, objectives, enqueued points and sampler."""
     from study.search import DistinctOptunaSearch
 
     objectives = list(spec.objectives)
-    searcher = DistinctOptunaSearch(
+    return DistinctOptunaSearch(
         space=spec.search_space.define_by_run,
         metric=objectives,
         mode=[spec.objectives[m] for m in objectives],
         points_to_evaluate=[dict(p) for p in spec.enqueue] or None,
-        sampler=_sampler(spec),
+        sampler=sampler_recipe(spec),
         iterations=spec.epochs if spec.scheduler is not None else None,
     )
+
+
+def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
+    from ray import tune
+
+    searcher = build_searcher(spec)
     scheduler = None
     if spec.scheduler is not None:
         scheduler = tune.schedulers.ASHAScheduler(

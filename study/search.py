@@ -1,4 +1,13 @@
-"""Ray's OptunaSearch, except that a NaN or missing objective reaches Optuna as its worst value.
+"""Ray's OptunaSearch, made picklable whatever the sampler, and NaN-safe.
+
+Pickling: Ray Tune pickles the searcher when the Tuner starts, in every experiment snapshot
+(``save``) and on ``Tuner.restore``. Ray's own ``save`` pickles ``__dict__``, sampler included,
+and Optuna 5.1's ``NSGAIISampler`` holds a ``threading.Lock``. :class:`RebuildingOptunaSearch`
+therefore keeps a :class:`~study.samplers.SamplerRecipe`, leaves the sampler out of whatever it
+pickles and rebuilds it on the way back; the study's trials (the sampler's history) pickle
+with the in-memory Optuna storage.
+
+NaN: a NaN or missing objective reaches Optuna as its worst value.
 
 Ray 2.60's ``OptunaSearch.on_trial_complete`` reads each objective from the trial's final
 result and calls ``optuna.Study.tell``; a NaN (or None) makes ``tell`` raise, Ray logs the
@@ -16,21 +25,77 @@ would stand for the configuration as if trained to the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import pickle
 from typing import Any, cast
 
 from ray.tune.search.optuna import OptunaSearch
 
 from study.objectives import sampler_substitutes
+from study.samplers import SamplerRecipe
 from trainables.metric_names import Direction
 
-__all__ = ["DistinctOptunaSearch", "NanSafeOptunaSearch"]
+__all__ = ["DistinctOptunaSearch", "NanSafeOptunaSearch", "RebuildingOptunaSearch"]
 
 logger = logging.getLogger(__name__)
 
 
-class NanSafeOptunaSearch(OptunaSearch):
+class RebuildingOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose pickles hold the sampler's recipe, never the sampler.
+
+    Args:
+        sampler: the recipe of the Optuna sampler; every other argument is Ray's.
+    """
+
+    def __init__(self, *, sampler: SamplerRecipe, **kwargs: Any) -> None:
+        if not isinstance(sampler, SamplerRecipe):
+            raise TypeError(
+                f"sampler: must be a SamplerRecipe (sampler objects may not pickle), "
+                f"got {type(sampler).__name__}"
+            )
+        self.sampler_recipe = sampler
+        super().__init__(sampler=sampler.build(), **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_sampler"] = None
+        study = state.get("_ot_study")
+        if study is not None:
+            # Shallow copies: the live study keeps its sampler, the pickle shares its storage.
+            study = copy.copy(study)
+            study.sampler = None
+            state["_ot_study"] = study
+            # Ray keeps every optuna.Trial it asked for, and each refers to the study.
+            trials = {}
+            for trial_id, trial in self._ot_trials.items():
+                trials[trial_id] = copy.copy(trial)
+                trials[trial_id].study = study
+            state["_ot_trials"] = trials
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        study = self._ot_study
+        sampler = self.sampler_recipe.build(
+            trials_so_far=0 if study is None else len(study.get_trials(deepcopy=False))
+        )
+        self._sampler = sampler
+        if study is not None:
+            study.sampler = sampler
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's experiment snapshot; Ray's own pickles ``__dict__`` with the sampler."""
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__getstate__(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__setstate__(pickle.load(file))
+
+
+class NanSafeOptunaSearch(RebuildingOptunaSearch):
     """``OptunaSearch`` that tells Optuna ``-inf``/``+inf`` for an objective a trial lacks.
 
     Args:
@@ -38,8 +103,8 @@ class NanSafeOptunaSearch(OptunaSearch):
             with fewer was stopped early and is told PRUNED. None: never.
     """
 
-    def __init__(self, *args: Any, iterations: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, iterations: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations: must be a positive integer or None, got {iterations}")
         self.iterations = iterations
@@ -86,8 +151,8 @@ class DistinctOptunaSearch(NanSafeOptunaSearch):
     after that the repeat runs (the space may be exhausted).
     """
 
-    def __init__(self, *args: Any, max_retries: int = 20, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, max_retries: int = 20, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if max_retries < 0:
             raise ValueError(f"max_retries: must be an integer >= 0, got {max_retries}")
         self.max_retries = max_retries

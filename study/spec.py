@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from search_spaces import SearchSpace, load_search_space, nearest_name
+from study.samplers import SAMPLERS
 from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
 from trainables.metric_names import (
@@ -58,7 +59,6 @@ __all__ = [
 METHODS: Final[tuple[str, ...]] = trainable_names()
 #: Planned methods, refused with a clear message until their trainable exists.
 PLANNED_METHODS: Final[tuple[str, ...]] = ()
-SAMPLERS: Final[tuple[str, ...]] = ("nsga2", "tpe", "random")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
     "map": "max",

@@ -19,8 +19,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.cli import DEMO_SPEC
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text, worst_value
-from study.runner import _sampler
-from study.search import NanSafeOptunaSearch
+from study.runner import sampler_recipe
+from study.search import NanSafeOptunaSearch, RebuildingOptunaSearch
 from study.spec import Spec, load_spec
 from study.tracking import StudyTracker, tune_callback
 
@@ -33,11 +33,14 @@ def _spec(*overrides: str) -> Spec:
 
 def _searcher(spec: Spec, cls: type[OptunaSearch] = NanSafeOptunaSearch) -> OptunaSearch:
     """The searcher as the runner builds it (the spec's space, objectives and sampler)."""
+    recipe = sampler_recipe(spec)
+    # Ray's own OptunaSearch takes a sampler object; apc's searchers take its recipe.
+    sampler: Any = recipe if issubclass(cls, RebuildingOptunaSearch) else recipe.build()
     return cls(
         space=spec.search_space.define_by_run,
         metric=list(spec.objectives),
         mode=list(spec.objectives.values()),
-        sampler=_sampler(spec),
+        sampler=sampler,
     )
 
 

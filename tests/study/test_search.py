@@ -1,14 +1,21 @@
-"""DistinctOptunaSearch against a real Optuna study: repeats are answered, not run."""
+"""DistinctOptunaSearch against a real Optuna study: repeats are answered, not run, and the
+searcher survives the pickling Ray Tune does to it under every sampler a spec accepts."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import ray.cloudpickle
 from optuna.trial import TrialState
 
+from study.cli import DEMO_SPEC
+from study.runner import build_searcher
+from study.samplers import SAMPLERS, SamplerRecipe
 from study.search import DistinctOptunaSearch
+from study.spec import load_spec
 
 
 def _space(trial: optuna.Trial) -> None:
@@ -18,7 +25,7 @@ def _space(trial: optuna.Trial) -> None:
 def _searcher(**kwargs: Any) -> DistinctOptunaSearch:
     return DistinctOptunaSearch(
         space=_space, metric="map", mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0), **kwargs,
+        sampler=SamplerRecipe(name="random", seed=0), **kwargs,
     )  # fmt: skip
 
 
@@ -79,7 +86,7 @@ def test_a_repeat_of_a_running_trial_is_told_fail_then_runs_when_nothing_else_is
 
     searcher = DistinctOptunaSearch(
         space=one_choice, metric="map", mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0), max_retries=3,
+        sampler=SamplerRecipe(name="random", seed=0), max_retries=3,
     )  # fmt: skip
     assert searcher.suggest("t1") == {"w": 2}
     assert searcher.suggest("t2") == {"w": 2}  # the only configuration, after 3 skipped asks
@@ -103,3 +110,118 @@ def test_without_iterations_a_short_trial_completes() -> None:
     assert searcher.suggest("t") is not None
     searcher.on_trial_complete("t", {"map": 5.0, "training_iteration": 1})
     assert [t.state for t in _study(searcher).trials] == [TrialState.COMPLETE]
+
+
+# --- pickling: what Ray Tune does to the searcher (Tuner start, snapshots, Tuner.restore) ---
+
+
+def _configured(sampler: str) -> DistinctOptunaSearch:
+    """The searcher exactly as `apc run` configures it for the demo spec and this sampler."""
+    return build_searcher(load_spec(DEMO_SPEC, overrides=[f"sampler={sampler}"]))
+
+
+def _run_trials(searcher: DistinctOptunaSearch, ids: range) -> list[dict[str, Any]]:
+    """Suggest and complete one trial per id with values that depend on the configuration."""
+    configs = []
+    for i in ids:
+        config = searcher.suggest(f"t{i}")
+        assert isinstance(config, dict), f"trial t{i}: the searcher suggested {config!r}"
+        width = float(config["student_width"])
+        result = {"map": 40.0 + width, "attr_auc": 0.5 - 0.01 * width, "params": 1e4 * width}
+        searcher.on_trial_complete(f"t{i}", {**result, "training_iteration": 2})
+        configs.append(config)
+    return configs
+
+
+def _cloudpickle_round_trip(searcher: DistinctOptunaSearch) -> DistinctOptunaSearch:
+    """What Ray does when the Tuner starts and on Tuner.restore: ray.cloudpickle both ways."""
+    restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(searcher))  # type: ignore[no-untyped-call]
+    assert isinstance(restored, DistinctOptunaSearch)
+    return restored
+
+
+def _history(searcher: DistinctOptunaSearch) -> list[tuple[int, Any, dict[str, Any]]]:
+    return [(t.number, t.state, t.params) for t in _study(searcher).trials]
+
+
+def _generations(searcher: DistinctOptunaSearch) -> list[int]:
+    return [
+        value
+        for t in _study(searcher).trials
+        for key, value in t.system_attrs.items()
+        if key.endswith(":generation")
+    ]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_the_configured_searcher_round_trips_through_ray_cloudpickle(sampler: str) -> None:
+    """Optuna 5.1's NSGAIISampler holds a lock; the searcher pickles under every sampler."""
+    searcher = _configured(sampler)
+    _run_trials(searcher, range(8))
+    before = _history(searcher)
+
+    restored = _cloudpickle_round_trip(searcher)
+
+    assert isinstance(restored, DistinctOptunaSearch)
+    assert _history(restored) == before  # the sampler's history came along
+    assert restored._finished_values == searcher._finished_values
+    assert type(_study(restored).sampler) is type(_study(searcher).sampler)
+    assert _study(restored).sampler is not _study(searcher).sampler
+    _run_trials(restored, range(8, 14))  # and it keeps suggesting
+    assert len(_study(restored).trials) >= 14
+    assert _history(restored)[: len(before)] == before
+    assert len(_history(searcher)) == len(before)  # the original was left alone
+    if sampler == "nsga2":
+        # The rebuilt NSGA-II continues the generations (a fresh one would start at 0 again).
+        assert max(_generations(restored)) > max(_generations(searcher))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_an_experiment_snapshot_restores_into_a_new_searcher(sampler: str, tmp_path: Path) -> None:
+    """Tune's save_to_dir / restore_from_dir, as in snapshots and `apc resume`."""
+    searcher = _configured(sampler)
+    _run_trials(searcher, range(6))
+    searcher.save_to_dir(str(tmp_path))
+
+    fresh = _configured(sampler)
+    fresh.restore_from_dir(str(tmp_path))
+
+    assert _history(fresh) == _history(searcher)
+    _run_trials(fresh, range(6, 10))
+    assert len(_study(fresh).trials) >= 10
+
+
+def test_a_rebuilt_sampler_is_deterministic() -> None:
+    def suggestion_after_a_round_trip() -> dict[str, Any] | None:
+        searcher = _searcher()
+        _run_trials(searcher, range(2))
+        restored = _cloudpickle_round_trip(searcher)
+        return restored.suggest("next")
+
+    assert suggestion_after_a_round_trip() == suggestion_after_a_round_trip()
+
+
+def test_a_rebuilt_sampler_seed_is_offset_by_the_trials_so_far() -> None:
+    """Re-seeding with the original seed would replay the draws of the study's first trials."""
+
+    def draws(sampler: optuna.samplers.BaseSampler) -> list[float]:
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
+
+    rebuilt = draws(SamplerRecipe(name="random", seed=7).build(trials_so_far=3))
+    assert rebuilt == draws(SamplerRecipe(name="random", seed=10).build())
+    assert rebuilt != draws(SamplerRecipe(name="random", seed=7).build())
+    wrapped = SamplerRecipe(name="random", seed=2**32 - 1).build(trials_so_far=1)
+    assert draws(wrapped) == draws(SamplerRecipe(name="random", seed=0).build())
+
+
+def test_a_sampler_object_is_refused_with_the_reason() -> None:
+    with pytest.raises(TypeError, match=r"sampler: must be a SamplerRecipe .* got RandomSampler"):
+        DistinctOptunaSearch(
+            space=_space, metric="map", mode="max", sampler=optuna.samplers.RandomSampler()
+        )
+
+
+def test_a_recipe_names_a_known_sampler() -> None:
+    with pytest.raises(ValueError, match="sampler: must be one of nsga2, tpe, random, got 'gp'"):
+        SamplerRecipe(name="gp")
