@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import yaml
+from search_spaces.bounded_yaml import BoundedYamlError, read_bounded_yaml
 
 if TYPE_CHECKING:
     import optuna
@@ -18,10 +18,13 @@ __all__ = [
     "PARAMETER_TYPES",
     "Parameter",
     "SearchSpace",
+    "builtin_search_space_names",
     "builtin_search_space_path",
+    "is_builtin_reference",
     "load_search_space",
     "nearest_name",
     "parse_search_space",
+    "resolve_path",
 ]
 
 PARAMETER_TYPES: Final[tuple[str, ...]] = ("loguniform", "uniform", "int", "categorical")
@@ -86,7 +89,8 @@ class Parameter:
         assert self.high is not None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"must be a number in [{self.low:g}, {self.high:g}], got {value!r}"
-        if self.type == "int" and not float(value).is_integer():
+        # An int is whole whatever its size (float() of a 400-digit one overflows).
+        if self.type == "int" and isinstance(value, float) and not value.is_integer():
             return f"must be an integer in [{self.low:g}, {self.high:g}], got {value!r}"
         if not self.low <= value <= self.high:
             return f"must be in [{self.low:g}, {self.high:g}], got {value!r}"
@@ -157,9 +161,13 @@ def _did_you_mean(key: str, valid: Sequence[str]) -> str:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _parse_parameter(
@@ -261,31 +269,95 @@ def parse_search_space(
     return SearchSpace(tuple(parsed.values())), problems
 
 
+def builtin_search_space_names() -> tuple[str, ...]:
+    """The names of the search spaces shipped in this package (``distillation``...)."""
+    return tuple(sorted(p.stem for p in Path(__file__).parent.glob("*.yaml")))
+
+
+def is_builtin_reference(reference: str) -> bool:
+    """Whether ``reference`` names a built-in space: a bare name, without a ``/`` and without
+    a ``.yaml``/``.yml`` ending (``distillation``). Anything else is a file path
+    (``kd.yaml``, ``./kd``, ``spaces/kd.yaml``, ``~/kd.yaml``, ``/abs/kd.yaml``)."""
+    return "/" not in reference and not reference.lower().endswith((".yaml", ".yml"))
+
+
 def builtin_search_space_path(name: str) -> Path:
-    """Path of a search space shipped in this package (``distillation`` -> distillation.yaml)."""
+    """Path of a search space shipped in this package (``distillation`` -> distillation.yaml).
+
+    Raises:
+        ValueError: ``name`` is no built-in space's name.
+    """
+    names = builtin_search_space_names()
+    if name not in names:
+        raise ValueError(f"name: must be a built-in search space {list(names)}, got {name!r}")
     return Path(__file__).with_name(f"{name}.yaml")
+
+
+def resolve_path(value: str, *, base_dir: Path) -> Path:
+    """``value`` as an absolute path, by the one rule for paths that users write: ``~``
+    expanded, a relative path taken from ``base_dir`` (a spec's folder), an absolute one kept.
+
+    Raises:
+        ValueError: the text names no path (the message says why: a NUL character, the
+            home of an unknown user, a symlink loop).
+    """
+    if "\x00" in value:
+        raise ValueError("it holds a NUL character")
+    try:
+        expanded = Path(value).expanduser()
+    except RuntimeError:  # `~name/...` of no user here
+        raise ValueError(f"no user's home is {value.partition('/')[0]!r}") from None
+    try:
+        return (base_dir / expanded).resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop, an unreadable folder
+        raise ValueError(f"it cannot be resolved: {error}") from None
+
+
+def _is_file(file: Path) -> bool:
+    try:
+        return file.is_file()
+    except (OSError, ValueError):  # a name too long for the file system is no file either
+        return False
 
 
 def load_search_space(
     reference: object, *, base_dir: Path, path: str = "search_space"
 ) -> tuple[SearchSpace, list[str]]:
-    """Load an inline mapping, a built-in name, or a YAML file relative to ``base_dir``."""
+    """Load an inline mapping, a built-in space by its bare name or a YAML file.
+
+    A string is a built-in space's name when it is bare (:func:`is_builtin_reference`), else
+    a file path, relative to ``base_dir``, with ``~`` expanded (:func:`resolve_path`).
+    """
     if isinstance(reference, Mapping):
         return parse_search_space(reference, path=path)
     if not isinstance(reference, str) or not reference:
         return SearchSpace(()), [
             f"{path}: must be a name, a YAML path or a mapping, got {reference!r}"
         ]
-    candidates = [builtin_search_space_path(reference), base_dir / reference]
-    file = next((c for c in candidates if c.is_file()), None)
-    if file is None:
-        builtins = sorted(p.stem for p in Path(__file__).parent.glob("*.yaml"))
-        return SearchSpace(()), [
-            f"{path}: must be a built-in space ({', '.join(builtins)}) or an existing YAML file, "
-            f"got {reference!r}"
-        ]
+    names = builtin_search_space_names()
+    if is_builtin_reference(reference):
+        if reference not in names:
+            close = nearest_name(reference, names)
+            hint = f"did you mean {close!r}? A file path" if close else "a file path"
+            return SearchSpace(()), [
+                f"{path}: must be a built-in space ({', '.join(names)}) or a YAML file path, "
+                f"got {reference!r} ({hint} has a '/' or a .yaml ending, e.g. ./{reference}.yaml)"
+            ]
+        file = builtin_search_space_path(reference)
+    else:
+        try:
+            file = resolve_path(reference, base_dir=base_dir)
+        except ValueError as error:
+            return SearchSpace(()), [
+                f"{path}: must be a YAML file path, got {reference!r} ({error})"
+            ]
+        if not _is_file(file):
+            return SearchSpace(()), [
+                f"{path}: must be an existing YAML file or a built-in space ({', '.join(names)}), "
+                f"got {reference!r} (no file {file})"
+            ]
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        return SearchSpace(()), [f"{path}: {file} is not valid YAML ({error})".replace("\n", " ")]
+        _, data = read_bounded_yaml(file)
+    except BoundedYamlError as error:
+        return SearchSpace(()), [f"{path}: {file} {error}"]
     return parse_search_space(data, path=path)

@@ -2,20 +2,24 @@
 
 A spec opens with the command that runs it, e.g. ``# apc run study/presets/demo.yaml``.
 Validation collects one message per problem, each naming the key path, the rule and the value
-(``dataset.image_size: must be a positive integer, got -3``); unknown keys are reported with the
-nearest valid name. Nothing is written or started before a spec validates.
+(``dataset.image_size: must be an integer in [7, 4096], got -3``); unknown keys are reported
+with the nearest valid name. Nothing is written or started before a spec validates.
 
-Beyond the YAML's shape: a key given twice is refused (YAML would keep the last silently); a
-search space may name only parameters its method's trainable reads, within the values it
-accepts (``drop_p`` in [0, 1), ``prune_rate`` in (0, 1)...), as may enqueued settings; paths
-(``dataset.root``, ``teacher.checkpoint``) are taken from the spec's folder and kept absolute;
-a checkpoint must be a state dict that ``torch.load(weights_only=True)`` reads, so one that
-carries code is refused unrun. What needs the world (the tracking store, Ray, the data set's
-files, the checkpoint against the teacher's shapes) is checked by :mod:`study.preflight`.
+Beyond the YAML's shape: a key given twice is refused (YAML would keep the last silently), as
+is a spec over 1 MiB or one that its aliases expand past bounds
+(:mod:`search_spaces.bounded_yaml`); every number is finite and within documented bounds
+(``MAX_*``, ``SEED_LIMIT``); a search space may name only parameters its method's trainable
+reads, within the values it accepts (``drop_p`` in [0, 1), ``prune_rate`` in (0, 1)...), as
+may enqueued settings; paths follow one rule (:data:`PATH_RULE`: from the spec's folder, ``~``
+expanded) and are kept absolute; a checkpoint must be a state dict that
+``torch.load(weights_only=True)`` reads, so one that carries code is refused unrun. What needs
+the world (the tracking store, Ray, the data set's files, the checkpoint against the teacher's
+shapes) is checked by :mod:`study.preflight`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -23,9 +27,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
-
-from search_spaces import SearchSpace, load_search_space, nearest_name
+from search_spaces import (
+    SearchSpace,
+    is_builtin_reference,
+    load_search_space,
+    nearest_name,
+    resolve_path,
+)
+from search_spaces.bounded_yaml import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_VALUES,
+    BoundedYamlError,
+    load_bounded_yaml,
+    read_bounded_yaml,
+)
 from study.samplers import SAMPLERS
 from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
@@ -39,8 +55,23 @@ from trainables.metric_names import (
 from trainables.registry import check_method_options, trainable_names
 
 __all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_CONCURRENT",
+    "MAX_DATASET_SIZE",
+    "MAX_EPOCHS",
+    "MAX_IMAGE_SIZE",
+    "MAX_NUM_WORKERS",
+    "MAX_OVERLAY_IMAGES",
+    "MAX_RESOURCES",
+    "MAX_TRIALS",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_VALUES",
     "METHODS",
+    "PATH_KEYS",
+    "PATH_RULE",
     "SAMPLERS",
+    "SEED_LIMIT",
     "DatasetSpec",
     "EvaluationSpec",
     "ResourcesSpec",
@@ -49,17 +80,56 @@ __all__ = [
     "SpecError",
     "TeacherSpec",
     "TrainingSpec",
+    "absolute_paths",
     "apply_overrides",
     "load_spec",
     "parse_spec",
     "read_spec_text",
+    "resolve_path",
 ]
 
 #: Compression methods a spec may name: those with a trainable in trainables.registry.
 METHODS: Final[tuple[str, ...]] = trainable_names()
 #: Planned methods, refused with a clear message until their trainable exists.
 PLANNED_METHODS: Final[tuple[str, ...]] = ()
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # whole names: fullmatch
+
+# -- bounds: a spec's numbers, far above what a 1,000-GPU cluster runs yet finite, so that a
+# typo (`epochs: 1e9`, `cpu: .inf`) is refused before anything starts. Every float is finite.
+
+#: ``seed`` lies in [0, SEED_LIMIT): what Optuna's and NumPy's generators take.
+SEED_LIMIT: Final = 2**32
+#: ``trials``: at most.
+MAX_TRIALS: Final = 100_000
+#: ``max_concurrent``: at most (a trial a GPU on a 1,000-GPU cluster, ten per GPU with gpu: 0.1).
+MAX_CONCURRENT: Final = 10_000
+#: ``epochs``, ``teacher.epochs`` and ``scheduler.grace_period``: at most.
+MAX_EPOCHS: Final = 10_000
+#: ``dataset.image_size``: at most (pixels a side).
+MAX_IMAGE_SIZE: Final = 4096
+#: ``dataset.train_size`` and ``dataset.val_size`` (generated shapes): at most.
+MAX_DATASET_SIZE: Final = 10_000_000
+#: ``training.batch_size``: at most.
+MAX_BATCH_SIZE: Final = 65_536
+#: ``training.num_workers``: at most (data loader processes a trial).
+MAX_NUM_WORKERS: Final = 256
+#: ``evaluation.overlay_images``: at most.
+MAX_OVERLAY_IMAGES: Final = 1000
+#: ``resources_per_trial.cpu`` and ``.gpu``: at most (a trial's share of one node or more).
+MAX_RESOURCES: Final = 1024
+
+#: The keys that hold paths; each follows :data:`PATH_RULE`.
+PATH_KEYS: Final[tuple[str, ...]] = (
+    "search_space", "dataset.root", "teacher.checkpoint", "storage_path", "tracking_uri",
+)  # fmt: skip
+#: How a spec's paths are read (``apc validate`` says it; README, "Paths").
+PATH_RULE: Final = (
+    "paths: a relative one is taken from the spec's folder (from the working folder when "
+    "given with --set, --storage or --tracking-uri), ~ is expanded, an absolute one is kept; "
+    "this holds for search_space files, dataset.root, teacher.checkpoint, storage_path and an "
+    "sqlite:/// tracking_uri; a built-in search space is a bare name (distillation), anything "
+    "with a '/' or a .yaml ending is a file"
+)
 DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
     "map": "max",
     "attr_auc": "max",
@@ -67,12 +137,30 @@ DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
 }
 
 
+#: What str.splitlines() breaks a line at, each written as its escape in a message.
+_LINE_BREAKS: Final = str.maketrans(
+    {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+)
+
+
 class SpecError(ValueError):
-    """A spec with problems; ``problems`` holds one message per problem."""
+    """A spec with problems; ``problems`` holds one message per problem.
+
+    Each message is one line: a line break in what it quotes (a key ``"a\\nb"``, a
+    library's error text) is written as its escape, so that a CLI prints one line a problem.
+    """
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+        self.problems = [problem.translate(_LINE_BREAKS) for problem in problems]
+        super().__init__("\n".join(self.problems))
+
+
+def _key(key: object) -> str:
+    """A key as a message shows it: a plain name as it is, anything else quoted (``''``,
+    ``' x'``, ``'\\t'``, ``1``)."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key:
+        return key
+    return repr(key)
 
 
 @dataclass(frozen=True)
@@ -167,29 +255,46 @@ class Spec:
 Check = Callable[[Any], str | None]
 
 
-def _integer(minimum: int) -> Check:
+def _integer(minimum: int, maximum: int) -> Check:
+    rule = f"must be an integer in [{minimum}, {maximum}]"
+
     def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            return f"must be {kind}"
-        return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return rule
+        return None if minimum <= value <= maximum else rule
 
     return check
 
 
+def _real(value: object) -> float | None:
+    """``value`` as a finite float, or None: no bool, no string, no inf or NaN, no int beyond
+    any float (YAML reads ``1e999`` as a string but ``1.0e999`` as inf, and ints of any size)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _number(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-    upper = "inf" if math.isinf(high) else f"{high:g}"
-    rule = f"must be a number in {left}{low:g}, {upper}{right}"
+    """A finite number between ``low`` and ``high``; ``high`` inf: no bound but finiteness."""
+    if math.isinf(high):
+        rule = f"must be a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        rule = f"must be a number in {left}{low:g}, {high:g}{right}"
 
     def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        number = _real(value)
+        if number is None:
             return rule
         if (
-            value < low
-            or (low_open and value == low)
-            or value > high
-            or (high_open and value == high)
+            number < low
+            or (low_open and number == low)
+            or number > high
+            or (high_open and number == high)
         ):
             return rule
         return None
@@ -240,7 +345,7 @@ class _Section:
         self.data = data
         for key in data:
             if key not in keys:
-                problems.append(f"{self._at(str(key))}: unknown key ({_hint(str(key), keys)})")
+                problems.append(f"{self._at(_key(key))}: unknown key ({_hint(str(key), keys)})")
 
     def _at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -256,9 +361,49 @@ class _Section:
         return value
 
 
-def _local_path(base_dir: Path, value: str) -> Path:
-    """``value`` as a local path: ``~`` expanded, a relative one taken from ``base_dir``."""
-    return base_dir / Path(value).expanduser()
+def _existing(
+    key: str, value: str, base_dir: Path, problems: list[str], *, folder: bool
+) -> Path | None:
+    """The existing file (or folder) ``value`` names by :data:`PATH_RULE`, made absolute;
+    None with the problem reported when there is none."""
+    kind = "folder" if folder else "file"
+    try:
+        path = resolve_path(value, base_dir=base_dir)
+    except ValueError as error:
+        problems.append(f"{key}: must be an existing {kind}, got {value!r} ({error})")
+        return None
+    try:
+        found = path.is_dir() if folder else path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system names nothing
+        found = False
+    if not found:
+        problems.append(f"{key}: must be an existing {kind}, got {value!r} (no {kind} {path})")
+        return None
+    return path
+
+
+def _output_path(key: str, value: str, base_dir: Path, problems: list[str]) -> str:
+    """``storage_path`` or ``tracking_uri`` with its local path made absolute by
+    :data:`PATH_RULE`: a folder, or the file of an ``sqlite:///`` URI; other URIs as given."""
+    if key == "tracking_uri":
+        head, sep, rest = value.partition(":///")
+        if head.lower() != "sqlite" or not sep:
+            return value  # a server, or MLflow's own forms (databricks...): no local path
+        file, query_sep, query = rest.partition("?")
+        if not file or file == ":memory:":
+            return value
+    elif "://" in value:
+        return value  # s3://, gs://...: Tune's storage as given
+    else:
+        file, query_sep, query = value, "", ""
+    try:
+        absolute = str(resolve_path(file, base_dir=base_dir))
+    except ValueError as error:
+        problems.append(f"{key}: must name a local path or a URI, got {value!r} ({error})")
+        return value
+    if key == "tracking_uri":
+        return f"sqlite:///{absolute}{query_sep}{query}"
+    return absolute
 
 
 _CHECKPOINT_RULE = (
@@ -316,20 +461,18 @@ def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
     s = _Section(data, "dataset", problems, keys)
     name = s.get("name", "shapes", _choice(DATASET_NAMES))
     default_size = 64 if name == "shapes" else 224
-    image_size = s.get("image_size", default_size, _integer(7))
+    image_size = s.get("image_size", default_size, _integer(7, MAX_IMAGE_SIZE))
     root = s.get("root", None, _optional(_string))
     if name != "shapes" and root is None and isinstance(s.data, Mapping):
         problems.append(f"dataset.root: is required for {name}, got nothing")
     if name == "shapes" and root is not None:
         problems.append(f"dataset.root: does not apply to shapes (generated), got {root!r}")
     if root is not None and name != "shapes":
-        folder = _local_path(base_dir, root)
-        if folder.is_dir():
-            root = str(folder.resolve())  # what the study opens, from any working directory
-        else:
-            problems.append(f"dataset.root: must be an existing folder, got {root!r}")
-    train_size = s.get("train_size", None, _optional(_integer(1)))
-    val_size = s.get("val_size", None, _optional(_integer(1)))
+        folder = _existing("dataset.root", root, base_dir, problems, folder=True)
+        if folder is not None:
+            root = str(folder)  # what the study opens, from any working directory
+    train_size = s.get("train_size", None, _optional(_integer(1, MAX_DATASET_SIZE)))
+    val_size = s.get("val_size", None, _optional(_integer(1, MAX_DATASET_SIZE)))
     if name != "shapes":
         for key, value in (("train_size", train_size), ("val_size", val_size)):
             if value is not None:
@@ -352,7 +495,7 @@ def _dataset_options(
         for name in options:
             if name not in accepted:
                 hint = _hint(str(name), sorted(accepted))
-                problems.append(f"{path}.{name}: unknown option of {dataset} ({hint})")
+                problems.append(f"{path}.{_key(name)}: unknown option of {dataset} ({hint})")
     return dict(options)
 
 
@@ -397,14 +540,12 @@ def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) ->
     default = TeacherSpec()
     checkpoint = s.get("checkpoint", None, _optional(_string))
     if checkpoint is not None:
-        file = _local_path(base_dir, checkpoint)
-        if not file.is_file():
-            problems.append(f"teacher.checkpoint: must be an existing file, got {checkpoint!r}")
-        else:
+        file = _existing("teacher.checkpoint", checkpoint, base_dir, problems, folder=False)
+        if file is not None:
             unreadable = _checkpoint_problem(file, checkpoint)
             if unreadable:
                 problems.append(unreadable)
-            checkpoint = str(file.resolve())
+            checkpoint = str(file)
     if checkpoint is not None and "epochs" in s.data:
         problems.append("teacher: give either checkpoint or epochs, got both")
     width = s.get("width", default.width, _choice(WIDTH_DIVISORS))
@@ -415,7 +556,7 @@ def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) ->
         arch=s.get("arch", default.arch, _choice(tuple(ARCHITECTURES))),
         width=width,
         checkpoint=checkpoint,
-        epochs=s.get("epochs", default.epochs, _integer(1)),
+        epochs=s.get("epochs", default.epochs, _integer(1, MAX_EPOCHS)),
         lr=s.get("lr", default.lr, _number(0, math.inf, low_open=True)),
         pretrained=pretrained,
         dataset_options=_dataset_options(
@@ -431,8 +572,8 @@ def _training(data: object, problems: list[str]) -> TrainingSpec:
     o = d.optimization
     positive = _number(0, math.inf, low_open=True)
     return TrainingSpec(
-        batch_size=s.get("batch_size", d.batch_size, _integer(1)),
-        num_workers=s.get("num_workers", d.num_workers, _integer(0)),
+        batch_size=s.get("batch_size", d.batch_size, _integer(1, MAX_BATCH_SIZE)),
+        num_workers=s.get("num_workers", d.num_workers, _integer(0, MAX_NUM_WORKERS)),
         optimization=Optimization(
             optimizer=s.get("optimizer", o.optimizer, _choice(("sgd", "adamw"))),
             lr=s.get("lr", o.lr, positive),
@@ -447,8 +588,8 @@ def _training(data: object, problems: list[str]) -> TrainingSpec:
 def _resources(data: object, problems: list[str]) -> ResourcesSpec:
     s = _Section(data, "resources_per_trial", problems, ("cpu", "gpu"))
     return ResourcesSpec(
-        cpu=s.get("cpu", 1.0, _number(0, math.inf, low_open=True)),
-        gpu=s.get("gpu", 0.0, _number(0, math.inf)),
+        cpu=s.get("cpu", 1.0, _number(0, MAX_RESOURCES, low_open=True)),
+        gpu=s.get("gpu", 0.0, _number(0, MAX_RESOURCES)),
     )
 
 
@@ -462,7 +603,7 @@ def _scheduler(data: object, problems: list[str]) -> SchedulerSpec | None:
         name=s.get("name", "asha", _choice(("asha",))),
         metric=metric,
         mode=s.get("mode", METRICS[metric][0], _choice(("min", "max"))),
-        grace_period=s.get("grace_period", 1, _integer(1)),
+        grace_period=s.get("grace_period", 1, _integer(1, MAX_EPOCHS)),
         reduction_factor=s.get("reduction_factor", 3.0, _number(1, math.inf, low_open=True)),
     )
 
@@ -483,7 +624,7 @@ def _evaluation(data: object, problems: list[str]) -> EvaluationSpec:
     chosen = s.get("attribution_methods", list(d.attribution_methods), methods)
     return EvaluationSpec(
         attribution_methods=tuple(dict.fromkeys(chosen)),
-        overlay_images=s.get("overlay_images", d.overlay_images, _integer(0)),
+        overlay_images=s.get("overlay_images", d.overlay_images, _integer(0, MAX_OVERLAY_IMAGES)),
     )
 
 
@@ -524,7 +665,7 @@ def _objectives(data: object, problems: list[str]) -> dict[str, Literal["min", "
         if metric not in METRICS:
             close = nearest_name(str(metric), list(METRICS))
             hint = f"did you mean {close!r}?" if close else f"valid: {valid_metrics_text()}"
-            problems.append(f"objectives.{metric}: unknown metric ({hint})")
+            problems.append(f"objectives.{_key(metric)}: unknown metric ({hint})")
         elif mode not in ("min", "max"):
             problems.append(f"objectives.{metric}: must be min or max, got {mode!r}")
         else:
@@ -548,7 +689,7 @@ _REQUIRED_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
 
 
 def _finite(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    return _real(value) is not None
 
 
 def _parameter_domains(teacher_width: int) -> dict[str, tuple[str, Callable[[Any], bool]]]:
@@ -650,6 +791,14 @@ def _enqueue_domain_problems(
     return problems
 
 
+def _output_setting(s: _Section, key: str, default: str, base_dir: Path) -> str:
+    """``tracking_uri`` or ``storage_path``: given in the spec, its local path is taken from
+    the spec's folder; else (or when invalid, reported) the default, which MLflow and Tune
+    take from the working folder."""
+    value = s.get(key, None, _string)
+    return default if value is None else _output_path(key, value, base_dir, s.problems)
+
+
 def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     """Validate a spec mapping; raises :class:`SpecError` listing every problem."""
     base = base_dir or Path.cwd()
@@ -660,7 +809,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     if "name" not in data:
         problems.append("name: is required (the study's name, e.g. name: my-study)")
     name = s.get(
-        "name", "", lambda v: None if isinstance(v, str) and _NAME_PATTERN.match(v) else
+        "name", "", lambda v: None if isinstance(v, str) and _NAME_PATTERN.fullmatch(v) else
         "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
     )  # fmt: skip
     method = s.get("method", "distillation", _choice(METHODS + PLANNED_METHODS))
@@ -669,6 +818,8 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     reference = data.get("search_space", method)
     space, space_problems = load_search_space(reference, base_dir=base)
     problems.extend(space_problems)
+    if isinstance(reference, str) and not is_builtin_reference(reference) and not space_problems:
+        reference = str(resolve_path(reference, base_dir=base))  # the file that was read
     enqueue: list[Mapping[str, Any]] = []
     raw_enqueue = data.get("enqueue", [])
     if not isinstance(raw_enqueue, list) or not all(isinstance(p, Mapping) for p in raw_enqueue):
@@ -677,7 +828,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         for index, point in enumerate(raw_enqueue):
             problems.extend(space.check_point(point, path=f"enqueue[{index}]"))
             enqueue.append(dict(point))
-    trials = s.get("trials", 12, _integer(1))
+    trials = s.get("trials", 12, _integer(1, MAX_TRIALS))
     if len(enqueue) > trials:
         problems.append(
             f"enqueue: must not hold more entries than trials ({trials}), got {len(enqueue)}"
@@ -690,7 +841,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         problems.extend(_enqueue_domain_problems(enqueue, teacher.width, problems))
     spec = Spec(
         name=name,
-        seed=s.get("seed", 0, _integer(0)),
+        seed=s.get("seed", 0, _integer(0, SEED_LIMIT - 1)),
         dataset=dataset,
         teacher=teacher,
         method=method,
@@ -700,14 +851,14 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         objectives=_objectives(data.get("objectives"), problems),
         sampler=s.get("sampler", "nsga2", _choice(SAMPLERS)),
         trials=trials,
-        max_concurrent=s.get("max_concurrent", 2, _integer(1)),
-        epochs=s.get("epochs", 3, _integer(1)),
+        max_concurrent=s.get("max_concurrent", 2, _integer(1, MAX_CONCURRENT)),
+        epochs=s.get("epochs", 3, _integer(1, MAX_EPOCHS)),
         training=_training(data.get("training"), problems),
         resources_per_trial=_resources(data.get("resources_per_trial"), problems),
         scheduler=_scheduler(data.get("scheduler"), problems),
         evaluation=_evaluation(data.get("evaluation"), problems),
-        tracking_uri=s.get("tracking_uri", "sqlite:///mlflow.db", _string),
-        storage_path=s.get("storage_path", "apc_results", _string),
+        tracking_uri=_output_setting(s, "tracking_uri", "sqlite:///mlflow.db", base),
+        storage_path=_output_setting(s, "storage_path", "apc_results", base),
         ray_address=s.get("ray_address", None, _optional(_string)),
     )
     method_options = s.get(
@@ -726,12 +877,19 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     return spec
 
 
-def apply_overrides(data: object, assignments: Sequence[str]) -> tuple[object, list[str]]:
-    """Apply ``key.sub=value`` assignments (values parsed as YAML) to a spec mapping."""
+def apply_overrides(
+    data: object, assignments: Sequence[str], *, base_dir: Path | None = None
+) -> tuple[object, list[str]]:
+    """Apply ``key.sub=value`` assignments (values parsed as YAML) to a spec mapping.
+
+    Paths given this way are typed at a shell, so relative ones are taken from ``base_dir``
+    (default: the working folder) and stored absolute (:func:`absolute_paths`), not from the
+    spec's folder.
+    """
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return data, problems
-    result: dict[str, Any] = _deep_copy(data)
+    result: dict[str, Any] = _plain_copy(data)
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -740,11 +898,15 @@ def apply_overrides(data: object, assignments: Sequence[str]) -> tuple[object, l
             )
             continue
         try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
+            value = load_bounded_yaml(raw) if raw else ""
+        except BoundedYamlError:  # not YAML (or out of bounds): the text itself
             value = raw
-        node = result
         *parents, leaf = key.split(".")
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        value = _lookup(absolute_paths(nested, base_dir=base_dir or Path.cwd()), key)
+        node = result
         for part in parents:
             child = node.get(part)
             if child is None:
@@ -758,76 +920,74 @@ def apply_overrides(data: object, assignments: Sequence[str]) -> tuple[object, l
     return result, problems
 
 
-def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+def _lookup(data: Mapping[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
-    silently, so ``epochs: 2`` above ``epochs: 30`` would be ignored)."""
+def _plain_copy(value: Any) -> Any:
+    """A copy of YAML data that shares nothing: what an alias named is copied where it is used
+    (bounded: :func:`read_spec_text` refuses a spec that aliases expand past its bounds)."""
+    if isinstance(value, Mapping):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
 
 
-def _unique_keys_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, yaml.Mark] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # `<<: *base` may be overridden key by key; that is its purpose
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:
-            continue  # unhashable: construct_mapping reports it
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                "YAML would keep only the last value; the first is",
-                first,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=True)
+def absolute_paths(data: Mapping[str, Any], *, base_dir: Path) -> dict[str, Any]:
+    """A copy of spec mapping ``data`` with each path in it (:data:`PATH_KEYS`) made absolute
+    by :data:`PATH_RULE` from ``base_dir``, so that it means the same from any folder.
 
-
-_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
-
-
-def _yaml_problem(file: Path, error: yaml.YAMLError) -> str:
-    """One line naming where the YAML broke: line and column, what was found, and where the
-    construct it was reading started when that is elsewhere."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None)
-    if not isinstance(error, yaml.MarkedYAMLError) or mark is None or problem is None:
-        return f"spec: {file} is not valid YAML: {' '.join(str(error).split())}"
-    detail = " ".join(problem.split())
-    context, start = error.context, error.context_mark
-    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
-        detail += f" ({context} at line {start.line + 1}, column {start.column + 1})"
-    where = f"line {mark.line + 1}, column {mark.column + 1}"
-    return f"spec: {file} is not valid YAML at {where}: {detail}"
+    A built-in search space's name, a URI other than ``sqlite:///`` and a value that is no
+    path at all (validation reports it) are kept as they are.
+    """
+    result: dict[str, Any] = _plain_copy(data)
+    ignored: list[str] = []  # a path that cannot be resolved stays; validation says why
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = result
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str) or not node[leaf]:
+            continue
+        value: str = node[leaf]
+        if key in ("storage_path", "tracking_uri"):
+            node[leaf] = _output_path(key, value, base_dir, ignored)
+        elif key != "search_space" or not is_builtin_reference(value):
+            with contextlib.suppress(ValueError):
+                node[leaf] = str(resolve_path(value, base_dir=base_dir))
+    return result
 
 
 def read_spec_text(path: str | Path) -> tuple[str, object]:
-    """The text of a spec file and its parsed YAML; :class:`SpecError` if unreadable."""
+    """The text of a spec file and its parsed YAML; :class:`SpecError` if unreadable.
+
+    The file is read within the bounds of :mod:`search_spaces.bounded_yaml`: at most
+    :data:`MAX_YAML_BYTES`, and :data:`MAX_YAML_VALUES` values nested :data:`MAX_YAML_DEPTH`
+    deep with its aliases expanded; a key given twice is refused.
+    """
     file = Path(path)
-    if not file.is_file():
+    try:
+        found = file.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL character: no such file either
+        found = False
+    if not found:
         raise SpecError([f"spec: no such file: {str(file)!r}"])
     try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise SpecError([
-            f"spec: {file} must be UTF-8 text, got byte {error.object[error.start]:#04x} at "
-            f"offset {error.start}"
-        ]) from None  # fmt: skip
-    except OSError as error:
-        raise SpecError([f"spec: cannot read {file}: {error.strerror or error}"]) from None
-    try:
-        return text, yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no Python objects
-    except yaml.YAMLError as error:
-        raise SpecError([_yaml_problem(file, error)]) from None
+        return read_bounded_yaml(file)
+    except BoundedYamlError as error:
+        raise SpecError([f"spec: {file} {error}"]) from None
 
 
 def load_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> Spec:
-    """Read and validate a YAML spec file; raises :class:`SpecError` listing every problem."""
+    """Read and validate a YAML spec file; raises :class:`SpecError` listing every problem.
+
+    Relative paths in the file are taken from its folder, those in ``overrides`` from the
+    working folder (:data:`PATH_RULE`).
+    """
     _, data = read_spec_text(path)
     data, problems = apply_overrides(data, overrides)
     if problems:

@@ -4,6 +4,7 @@ no Ray storage, no teacher cache. No case trains or starts Ray or MLflow."""
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from collections.abc import Iterator
@@ -145,10 +146,10 @@ SPEC_CASES: dict[str, tuple[dict[str, Any] | str, list[str]]] = {
             enqueue={"matching": "none"},
         ),
         [
-            "trials: must be a positive integer, got 'two'",
-            "epochs: must be a positive integer, got 1.5",
+            "trials: must be an integer in [1, 100000], got 'two'",
+            "epochs: must be an integer in [1, 10000], got 1.5",
             "teacher.width: must be one of [1, 2, 4, 8, 16, 32], got '4'",
-            "teacher.lr: must be a number in (0, inf], got '0.1'",
+            "teacher.lr: must be a finite number > 0, got '0.1'",
             "enqueue: must be a list of parameter mappings, got {'matching': 'none'}",
         ],
     ),
@@ -222,8 +223,8 @@ SPEC_CASES: dict[str, tuple[dict[str, Any] | str, list[str]]] = {
     "zero-and-negative-epochs": (
         _with(epochs=0, teacher={"epochs": -1}),
         [
-            "epochs: must be a positive integer, got 0",
-            "teacher.epochs: must be a positive integer, got -1",
+            "epochs: must be an integer in [1, 10000], got 0",
+            "teacher.epochs: must be an integer in [1, 10000], got -1",
         ],
     ),
     "missing-voc-root": (
@@ -237,6 +238,68 @@ SPEC_CASES: dict[str, tuple[dict[str, Any] | str, list[str]]] = {
     "missing-checkpoint": (
         _with(teacher={"checkpoint": "teacher.pt"}),
         ["teacher.checkpoint: must be an existing file, got 'teacher.pt'"],
+    ),
+    # -- #14: what users actually type --
+    "missing-space-file-in-a-folder": (  # crashed: ValueError: Invalid name '...yaml.yaml'
+        _with(search_space="spaces/kd.yaml"),
+        [
+            "search_space: must be an existing YAML file or a built-in space (distillation, "
+            "quantization, structured_pruning, unstructured_pruning), got 'spaces/kd.yaml' (no "
+            "file "
+        ],
+    ),
+    "non-finite-numbers": (  # cpu .inf passed, then OverflowError in `apc run`
+        _with(
+            resources_per_trial={"cpu": math.inf, "gpu": math.nan},
+            training={"lr": math.inf, "weight_decay": math.inf, "kd_temperature": math.inf},
+            teacher={"epochs": 1, "lr": math.inf},
+        ),
+        [
+            "resources_per_trial.cpu: must be a number in (0, 1024], got inf",
+            "resources_per_trial.gpu: must be a number in [0, 1024], got nan",
+            "training.lr: must be a finite number > 0, got inf",
+            "training.weight_decay: must be a finite number >= 0, got inf",
+            "training.kd_temperature: must be a finite number > 0, got inf",
+            "teacher.lr: must be a finite number > 0, got inf",
+        ],
+    ),
+    "numbers-beyond-their-caps": (  # seed 2**32 failed inside Optuna; the rest had no bound
+        _with(
+            seed=2**32,
+            trials=100_001,
+            epochs=10_001,
+            dataset={"name": "shapes", "image_size": 4097},
+            training={"batch_size": 65_537, "num_workers": 257},
+            evaluation={"overlay_images": 1001},
+        ),
+        [
+            "seed: must be an integer in [0, 4294967295], got 4294967296",
+            "trials: must be an integer in [1, 100000], got 100001",
+            "epochs: must be an integer in [1, 10000], got 10001",
+            "dataset.image_size: must be an integer in [7, 4096], got 4097",
+            "training.batch_size: must be an integer in [1, 65536], got 65537",
+            "training.num_workers: must be an integer in [0, 256], got 257",
+            "evaluation.overlay_images: must be an integer in [0, 1000], got 1001",
+        ],
+    ),
+    "name-with-a-newline": (  # passed: the name was matched with `match`, not `fullmatch`
+        _with(name="tiny\n"),
+        [
+            "name: must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or "
+            "digit, got 'tiny\\n'"
+        ],
+    ),
+    "yaml-aliases-of-aliases": (  # 1 KB that expanded to gigabytes
+        "name: tiny\na0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 8)),
+        [
+            "spec: {spec} must hold at most 100000 values with its aliases (*name) expanded, got "
+            "more at line 7, column 5"
+        ],
+    ),
+    "spec-over-1-mib": (
+        "name: tiny\n#" + "x" * (1 << 20) + "\n",
+        ["spec: {spec} must be at most 1048576 bytes (1 MiB) of YAML, got 1048589 bytes"],
     ),
 }
 
@@ -262,10 +325,24 @@ def test_every_problem_of_a_new_users_spec_at_once(
         lines,
         [
             "tirals: unknown key (did you mean 'trials'?)",
-            "epochs: must be a positive integer, got -1",
+            "epochs: must be an integer in [1, 10000], got -1",
             "enqueue[0].drop_p: must be in [0.05, 0.6], got 1.0",
         ],
     )  # the spec's problems first; the world is asked about a valid spec only
+
+
+def test_apc_run_takes_a_space_file_in_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`search_space: spaces/kd.yaml` crashed `apc run` before it was read; now the spec is
+    valid and `apc run` goes on to ask the world (here a Ray address that does not answer)."""
+    (tmp_path / "spaces").mkdir()
+    builtin = Path(study.runner.__file__).parents[1] / "search_spaces" / "distillation.yaml"
+    (tmp_path / "spaces" / "kd.yaml").write_text(builtin.read_text())
+    spec = _with(search_space="spaces/kd.yaml")
+    code, lines = _apc(tmp_path, capsys, "run", spec, "--ray-address", "127.0.0.1:1")
+    assert code == 2
+    _assert_messages(lines, ["ray_address: must be a running Ray cluster's address"])
 
 
 # -- e: data sets ----------------------------------------------------------------------------
@@ -613,11 +690,22 @@ def test_existing_study_name(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("tiny")
-    client.create_run(experiment, run_name="tiny", tags={"apc.role": "study"})
+    parent = client.create_run(experiment, run_name="tiny", tags={"apc.role": "study"})
+    client.create_run(
+        experiment,
+        run_name="trial_0",
+        tags={"apc.role": "trial", "mlflow.parentRunId": parent.info.run_id},
+    )
     code, lines = _apc(tmp_path, capsys, "run", BASE)
     assert code == 2
-    _assert_messages(lines, [f"name: study 'tiny' already exists in {uri}; choose another --name"])
-    assert len(client.search_runs([experiment])) == 1
+    _assert_messages(
+        lines,
+        [
+            f"name: study 'tiny' already exists in {uri} and has run trials; finish it with "
+            f"`apc resume tiny --tracking-uri {uri}`, or choose another --name"
+        ],
+    )
+    assert len(client.search_runs([experiment])) == 2
     assert [e.name for e in client.search_experiments()] == ["tiny", "Default"]
 
 
@@ -672,3 +760,32 @@ def test_resume_of_a_study_without_tune_state(
         lines, [f"name: study 'tiny' has no Tune state in {tmp_path}/ray/tiny to resume"]
     )
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+def test_a_study_whose_space_was_a_file_can_be_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every study that used a search-space file could not be resumed: its effective spec
+    named the file by its absolute path, which `apc resume` took for a built-in name."""
+    from mlflow.tracking import MlflowClient
+
+    from study.runner import effective_spec_text, load_study_spec
+    from study.spec import load_spec
+    from study.tracking import EFFECTIVE_SPEC_FILE
+
+    (tmp_path / "specs" / "spaces").mkdir(parents=True)
+    space = "parameters:\n  matching: {type: categorical, choices: [none, ewa]}\n"
+    (tmp_path / "specs" / "spaces" / "kd.yaml").write_text(space)
+    data = {**BASE, "search_space": "spaces/kd.yaml", "storage_path": str(tmp_path / "ray")}
+    ran = load_spec(_spec(tmp_path / "specs", data))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("tiny"), tags={"apc.role": "study"})
+    effective = effective_spec_text(data, base_dir=tmp_path / "specs")
+    client.log_text(run.info.run_id, effective, EFFECTIVE_SPEC_FILE)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec, parent = load_study_spec("tiny", tracking_uri=uri)  # what `apc resume` reads
+    assert parent == run.info.run_id
+    assert spec.search_space == ran.search_space
+    assert spec.search_space.names == ("matching",)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -58,10 +60,13 @@ def _problems(data: object) -> list[str]:
     [
         (
             {"name": "s", "dataset": {"image_size": -3}},
-            "dataset.image_size: must be an integer >= 7, got -3",
+            "dataset.image_size: must be an integer in [7, 4096], got -3",
         ),
-        ({"name": "s", "epochs": -1}, "epochs: must be a positive integer, got -1"),
-        ({"name": "s", "trials": "many"}, "trials: must be a positive integer, got 'many'"),
+        ({"name": "s", "epochs": -1}, "epochs: must be an integer in [1, 10000], got -1"),
+        (
+            {"name": "s", "trials": "many"},
+            "trials: must be an integer in [1, 100000], got 'many'",
+        ),
         (
             {"name": "s", "sampler": "cmaes"},
             "sampler: must be one of ['nsga2', 'tpe', 'random'], got 'cmaes'",
@@ -81,11 +86,11 @@ def _problems(data: object) -> list[str]:
         ),
         (
             {"name": "s", "resources_per_trial": {"gpu": -0.5}},
-            "resources_per_trial.gpu: must be a number in [0, inf], got -0.5",
+            "resources_per_trial.gpu: must be a number in [0, 1024], got -0.5",
         ),
         (
             {"name": "s", "resources_per_trial": {"cpu": 0}},
-            "resources_per_trial.cpu: must be a number in (0, inf], got 0",
+            "resources_per_trial.cpu: must be a number in (0, 1024], got 0",
         ),
         (
             {"name": "s", "training": {"momentum": 1.0}},
@@ -183,7 +188,7 @@ def _problems(data: object) -> list[str]:
         ),
         (
             {"name": "s", "evaluation": {"overlay_images": -1}},
-            "evaluation.overlay_images: must be an integer >= 0, got -1",
+            "evaluation.overlay_images: must be an integer in [0, 1000], got -1",
         ),
         (
             {"name": "s", "objectives": {"map": "max", "attr_auc_rap": "max"}},
@@ -236,8 +241,8 @@ def test_apc_validate_reports_each_problem_and_exits_2(
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"{path}: dataset.image_size: must be an integer >= 7, got -3",
-        f"{path}: epochs: must be a positive integer, got 0",
+        f"{path}: dataset.image_size: must be an integer in [7, 4096], got -3",
+        f"{path}: epochs: must be an integer in [1, 10000], got 0",
     ]
     assert sorted(tmp_path.iterdir()) == before  # nothing written
 
@@ -301,3 +306,293 @@ def test_evaluation_section_names_further_methods_once() -> None:
     assert spec.evaluation.attribution_methods == ("rap", "lrp")
     assert spec.evaluation.overlay_images == 8
     assert parse_spec({"name": "s"}).evaluation.attribution_methods == ()
+
+
+# -- paths: one rule (#14): from the spec's folder, ~ expanded, absolute kept ----------------
+
+SPACE_FILE = "parameters:\n  matching: {type: categorical, choices: [none, ewa]}\n"
+
+
+@pytest.fixture
+def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path/specs`` for the spec, space files beside, below, in a sibling folder and in
+    HOME, and the working folder elsewhere, so that only the spec's folder can explain a find."""
+    specs = tmp_path / "specs"
+    for folder in (specs, specs / "sub", tmp_path / "spaces", tmp_path / "home"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "kd.yaml").write_text(SPACE_FILE)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return specs.resolve()  # paths are compared as the spec resolves them (symlinks followed)
+
+
+def _spec_file(folder: Path, data: Mapping[str, object]) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("reference", "file"),
+    [
+        ("sub/kd.yaml", "specs/sub/kd.yaml"),
+        ("./kd.yaml", "specs/kd.yaml"),
+        ("../spaces/kd.yaml", "spaces/kd.yaml"),
+        ("~/kd.yaml", "home/kd.yaml"),
+        ("{tmp}/spaces/kd.yaml", "spaces/kd.yaml"),
+    ],
+)
+def test_search_space_file_path_forms(
+    folders: Path, capsys: pytest.CaptureFixture[str], reference: str, file: str
+) -> None:
+    """`search_space: my/spaces/kd.yaml` and absolute paths crashed `apc validate` and `apc
+    run` (ValueError: Invalid name '...yaml.yaml')."""
+    tmp = folders.parent
+    path = _spec_file(folders, {"name": "s", "search_space": reference.replace("{tmp}", str(tmp))})
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    spec = load_spec(path)
+    assert spec.search_space.names == ("matching",)
+    assert spec.search_space_ref == str(tmp / file)  # the file read, absolute
+
+
+def test_a_missing_space_file_says_where_it_was_looked_for(folders: Path) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(_spec_file(folders, {"name": "s", "search_space": "spaces/kd.yaml"}))
+    assert caught.value.problems == [
+        "search_space: must be an existing YAML file or a built-in space (distillation, "
+        "quantization, structured_pruning, unstructured_pruning), got 'spaces/kd.yaml' "
+        f"(no file {folders / 'spaces' / 'kd.yaml'})"
+    ]
+
+
+@pytest.mark.parametrize("form", ["data", "./data", "../specs/data", "~/data", "{tmp}/specs/data"])
+def test_dataset_root_and_checkpoint_follow_the_rule(folders: Path, form: str) -> None:
+    tmp = folders.parent
+    for root in (folders / "data", tmp / "home" / "data"):
+        (root / "train" / "cat").mkdir(parents=True)
+    value = form.replace("{tmp}", str(tmp))
+    spec = load_spec(
+        _spec_file(folders, {"name": "s", "dataset": {"name": "imagefolder", "root": value}})
+    )
+    expected = tmp / "home" / "data" if form.startswith("~") else folders / "data"
+    assert spec.dataset.root == str(expected)
+    (folders / "sub" / "t.pt").write_bytes(b"")
+    with pytest.raises(SpecError) as caught:  # an empty file: a checkpoint found, then read
+        load_spec(_spec_file(folders, {"name": "s", "teacher": {"checkpoint": "sub/t.pt"}}))
+    assert caught.value.problems[0].endswith("got 'sub/t.pt' (unreadable: empty or truncated file)")
+
+
+def test_storage_and_an_sqlite_tracking_uri_are_taken_from_the_spec_folder(folders: Path) -> None:
+    spec = load_spec(
+        _spec_file(
+            folders,
+            {"name": "s", "storage_path": "results", "tracking_uri": "sqlite:///db/m.db?x=1"},
+        )
+    )
+    assert spec.storage_path == str(folders / "results")
+    assert spec.tracking_uri == f"sqlite:///{folders}/db/m.db?x=1"
+    home = folders.parent / "home"
+    spec = load_spec(
+        _spec_file(
+            folders,
+            {"name": "s", "storage_path": "~/r", "tracking_uri": f"sqlite:///{home}/m.db"},
+        )
+    )
+    assert (spec.storage_path, spec.tracking_uri) == (str(home / "r"), f"sqlite:///{home}/m.db")
+    spec = load_spec(_spec_file(folders, {"name": "s", "tracking_uri": "sqlite:///~/m.db"}))
+    assert spec.tracking_uri == f"sqlite:///{home}/m.db"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("tracking_uri", "http://127.0.0.1:5000"),
+        ("tracking_uri", "databricks"),
+        ("tracking_uri", "sqlite:///:memory:"),
+        ("storage_path", "s3://bucket/apc"),
+    ],
+)
+def test_uris_are_kept_as_given(folders: Path, key: str, value: str) -> None:
+    assert getattr(load_spec(_spec_file(folders, {"name": "s", key: value})), key) == value
+
+
+def test_defaults_and_command_line_paths_are_the_working_folders(folders: Path) -> None:
+    """What the spec does not give is the working folder's (as MLflow and Tune take it);
+    paths given with --set (and --storage, --tracking-uri) were typed at a shell."""
+    path = _spec_file(folders, {"name": "s"})
+    spec = load_spec(path)
+    assert (spec.tracking_uri, spec.storage_path) == ("sqlite:///mlflow.db", "apc_results")
+    cwd = folders.parent / "elsewhere"
+    (cwd / "kd.yaml").write_text(SPACE_FILE.replace("ewa", "swa"))  # not the spec folder's
+    spec = load_spec(
+        path, overrides=["storage_path=out", "tracking_uri=sqlite:///m.db", "search_space=kd.yaml"]
+    )
+    assert spec.storage_path == str(cwd / "out")
+    assert spec.tracking_uri == f"sqlite:///{cwd}/m.db"
+    assert spec.search_space_ref == str(cwd / "kd.yaml")
+    assert spec.search_space.parameters[0].choices == ("none", "swa")
+
+
+def test_the_effective_spec_of_a_space_file_loads_again_from_anywhere(
+    folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`apc resume` of a study whose space was a file died: the effective spec held its
+    absolute path, which was taken for a built-in name. Round trip: a spec with its space in
+    a subfolder, its effective text, loaded from another folder (and as resume reads it)."""
+    from study.runner import effective_spec_text
+
+    data = {"name": "s", "search_space": "sub/kd.yaml", "storage_path": "results",
+            "tracking_uri": "sqlite:///m.db", "dataset": {"name": "shapes"}}  # fmt: skip
+    first = load_spec(_spec_file(folders, data))
+    text = effective_spec_text(data, base_dir=folders)
+    other = folders.parent / "other"
+    other.mkdir()
+    moved = other / "spec.effective.yaml"
+    moved.write_text(text)
+    again = load_spec(moved)
+    assert again.search_space == first.search_space
+    assert again.search_space_ref == first.search_space_ref == str(folders / "sub" / "kd.yaml")
+    assert (again.storage_path, again.tracking_uri) == (first.storage_path, first.tracking_uri)
+    monkeypatch.chdir(other)
+    resumed = parse_spec(yaml.safe_load(text))  # what load_study_spec does
+    assert resumed.search_space == first.search_space
+    assert effective_spec_text(yaml.safe_load(text), base_dir=other) == text  # a fixed point
+
+
+# -- numbers: finite, within documented bounds (#14) ------------------------------------------
+
+_CAPS = [
+    ("seed", 2**32 - 1, "seed: must be an integer in [0, 4294967295]"),
+    ("trials", 100_000, "trials: must be an integer in [1, 100000]"),
+    ("max_concurrent", 10_000, "max_concurrent: must be an integer in [1, 10000]"),
+    ("epochs", 10_000, "epochs: must be an integer in [1, 10000]"),
+    ("teacher.epochs", 10_000, "teacher.epochs: must be an integer in [1, 10000]"),
+    ("dataset.image_size", 4096, "dataset.image_size: must be an integer in [7, 4096]"),
+    ("dataset.train_size", 10_000_000, "dataset.train_size: must be an integer in [1, 10000000]"),
+    ("dataset.val_size", 10_000_000, "dataset.val_size: must be an integer in [1, 10000000]"),
+    ("training.batch_size", 65_536, "training.batch_size: must be an integer in [1, 65536]"),
+    ("training.num_workers", 256, "training.num_workers: must be an integer in [0, 256]"),
+    ("evaluation.overlay_images", 1000, "evaluation.overlay_images: must be an integer in [0, 1000]"),
+    ("scheduler.grace_period", 10_000, "scheduler.grace_period: must be an integer in [1, 10000]"),
+    ("resources_per_trial.cpu", 1024, "resources_per_trial.cpu: must be a number in (0, 1024]"),
+    ("resources_per_trial.gpu", 1024, "resources_per_trial.gpu: must be a number in [0, 1024]"),
+]  # fmt: skip
+
+
+def _nested(key: str, value: object) -> dict[str, object]:
+    data: dict[str, object] = {"name": "s"}
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})  # type: ignore[assignment]
+    node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize(("key", "cap", "rule"), _CAPS, ids=[c[0] for c in _CAPS])
+def test_each_count_and_size_has_a_documented_cap(key: str, cap: int, rule: str) -> None:
+    """trials, epochs, image_size, batch_size, num_workers, overlay_images had no upper bound;
+    seed 4294967296 passed and failed inside Optuna; cpu .inf raised OverflowError in Ray."""
+    parse_spec(_nested(key, cap))  # the cap itself is fine
+    assert _problems(_nested(key, cap + 1)) == [f"{rule}, got {cap + 1}"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["resources_per_trial.cpu", "resources_per_trial.gpu", "training.lr",
+     "training.weight_decay", "training.kd_temperature", "training.momentum",
+     "training.kd_alpha", "teacher.lr", "scheduler.reduction_factor"],
+)  # fmt: skip
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 10**400])
+def test_every_float_is_finite(key: str, value: float) -> None:
+    """`.inf` passed for cpu, lr, weight_decay, kd_temperature and teacher.lr; an int beyond
+    any float (10**400) raised OverflowError."""
+    problems = _problems(_nested(key, value))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{key}: must be a ")
+    assert problems[0].endswith(f", got {value!r}")
+
+
+def test_unbounded_floats_say_they_must_be_finite() -> None:
+    assert _problems(_nested("training.lr", math.inf)) == [
+        "training.lr: must be a finite number > 0, got inf"
+    ]
+    assert _problems(_nested("training.weight_decay", math.nan)) == [
+        "training.weight_decay: must be a finite number >= 0, got nan"
+    ]
+    assert parse_spec(_nested("training.lr", 1e300)).training.optimization.lr == 1e300
+
+
+@pytest.mark.parametrize("name", ["x\n", "x\r\n", "\nx", "x y", "-x", "x" * 101, ""])
+def test_the_whole_name_must_match(name: str) -> None:
+    """`name: "x\\n"` passed: the pattern was matched with `match`, whose `$` takes a final
+    newline."""
+    problems = _problems({"name": name})
+    assert len(problems) == 1
+    assert problems[0].startswith("name: must be 1-100 letters, digits")
+
+
+def test_a_problem_is_one_line_whatever_it_quotes() -> None:
+    problems = _problems({"name": "s", "tirals\nx": 1, "objectives": {"map\r": "max"}})
+    assert problems == [
+        "'tirals\\nx': unknown key (did you mean 'trials'?)",
+        "objectives.'map\\r': unknown metric (did you mean 'map'?)",
+    ]
+
+
+# -- YAML that expands, nests or grows without bound (#14) ------------------------------------
+
+
+def test_a_spec_of_nested_aliases_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1 KB spec of nested aliases exhausted memory (deep-copied with aliases expanded):
+    depth 7 cost 4.7 s and 323 MB."""
+    import time
+
+    lines = ["name: s", "a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    path = _write(tmp_path, "\n".join(lines) + "\n")
+    started = time.monotonic()
+    assert main(["validate", str(path)]) == 2
+    assert time.monotonic() - started < 1.0
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: spec: {path} must hold at most 100000 values with its aliases (*name) "
+        "expanded, got more at line 7, column 5"  # a5: 9 ** 6 values
+    ]
+
+
+def test_aliases_within_bounds_are_read_as_yaml_says(tmp_path: Path) -> None:
+    text = (
+        "name: s\n"
+        "dataset: {name: shapes, options: &opts {context_prob: 0.2}}\n"
+        "teacher: {dataset_options: *opts}\n"
+        "training: &t {lr: 0.01}\n"
+    )
+    spec = load_spec(_write(tmp_path, text))
+    assert spec.teacher.dataset_options == {"context_prob": 0.2} == spec.dataset.options
+
+
+def test_a_spec_over_1_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: s\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert caught.value.problems == [
+        f"spec: {path} must be at most 1048576 bytes (1 MiB) of YAML, got {path.stat().st_size} "
+        "bytes"
+    ]
+
+
+def test_every_new_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        'name: "x\\n"\nseed: 4294967296\nresources_per_trial: {cpu: .inf}\n'
+        "training: {lr: .inf, batch_size: 100000}\nsearch_space: sub/nope.yaml\n",
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert sorted(p.partition(":")[0] for p in caught.value.problems) == [
+        "name", "resources_per_trial.cpu", "search_space", "seed", "training.batch_size",
+        "training.lr",
+    ]  # fmt: skip
