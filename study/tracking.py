@@ -10,6 +10,12 @@ The study's own runs are written synchronously when it starts (the server was ju
 reachable); everything the trials produce goes through a :class:`~study.log_queue.LogQueue`,
 so a tracking server that is briefly down delays their records instead of stalling Tune.
 A resumed study (``apc resume``) finds its trial runs again by their ``apc.trial_id`` tag.
+
+Every record can be applied again after an outage cut it short: a trial's run is looked up by
+that tag before it is created, and its params are compared with what the run holds, so a
+run created just before the store went away still gets them. A record MLflow refuses is
+quarantined (:attr:`StudyTracker.quarantine`) and costs only itself: a later record of a
+trial whose run was never created creates it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from study.log_queue import LogQueue, Record
+from study.log_queue import LogQueue, Record, is_unreachable
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text
 from study.spec import Spec
 from trainables.metric_names import METRICS, Direction
@@ -135,6 +141,12 @@ class StudyTracker:
         self._nodes: dict[str, list[str]] = {}
         self._last_step: dict[str, int] = {}
         self._repeated: dict[str, set[int]] = {}
+        #: trial id -> the params its latest start record asked for (log thread only).
+        self._params: dict[str, dict[str, str]] = {}
+        #: trial id -> the params its run is known to hold (log thread only).
+        self._logged_params: dict[str, dict[str, str]] = {}
+        #: trial id -> the params MLflow refused since its latest start (log thread only).
+        self._refused_params: dict[str, set[str]] = {}
         self._queue = LogQueue(self._apply, spool=spool)
 
     # The study's own runs: written at once.
@@ -158,25 +170,33 @@ class StudyTracker:
         return self.parent_run_id
 
     def attach(self, parent_run_id: str) -> int:
-        """Continue the study ``parent_run_id`` (``apc resume``): mark it running again, find
-        its trial runs, queue what an earlier :meth:`close` spooled; returns that count."""
+        """Continue the study ``parent_run_id`` (``apc resume``): find its trial runs, mark it
+        running again, queue what an earlier :meth:`close` spooled; returns that count.
+
+        The spool is read before anything in MLflow changes (a torn line is skipped with a
+        warning), so that nothing it holds can fail a resume that has marked the study running.
+        """
+        spooled_file = self._queue.spool.is_file()
+        spooled = LogQueue.load_spool(self._queue.spool)
         self.parent_run_id = parent_run_id
         _ACTIVE[parent_run_id] = self
-        self.client.update_run(parent_run_id, status="RUNNING")
         for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id:
                 self.trial_runs[trial_id] = run.info.run_id
+                self._logged_params[trial_id] = dict(run.data.params)
                 nodes = run.data.tags.get(NODES_TAG, "")
                 self._nodes[trial_id] = nodes.split(",") if nodes else []
                 # Any trial may re-run epochs it logged: Tune's snapshot can predate even a
                 # finish that MLflow already holds.
                 history = self.client.get_metric_history(run.info.run_id, "loss")
                 self._last_step[trial_id] = max((m.step for m in history), default=-1)
-        spooled = LogQueue.load_spool(self._queue.spool)
+        self.client.update_run(parent_run_id, status="RUNNING")
         for record in spooled:
             self._queue.put(record)
-        if spooled:  # the file goes once its records are in; until then a kill loses nothing
+        # The file goes once its records are in; until then a kill loses nothing. A file of
+        # torn lines only goes too: else every `apc resume` would find it again.
+        if spooled_file:
             self._queue.put({"op": "spool_delivered"})
         return len(spooled)
 
@@ -339,6 +359,16 @@ class StudyTracker:
         return self._queue.spool
 
     @property
+    def quarantine(self) -> Path:
+        """The JSON-lines file of the records MLflow refused, each with its reason."""
+        return self._queue.quarantine
+
+    @property
+    def quarantined(self) -> int:
+        """How many records this tracker's queue wrote to :attr:`quarantine`."""
+        return self._queue.quarantined
+
+    @property
     def outage_s(self) -> float:
         """Seconds the log thread spent waiting for an unreachable store."""
         return self._queue.outage_s
@@ -358,12 +388,14 @@ class StudyTracker:
             return
         trial_id = record["trial"]
         if op == "start":
-            if trial_id not in self.trial_runs:
-                self._create_trial_run(trial_id, record["params"])
+            self._params[trial_id] = dict(record["params"])
+            self._refused_params.pop(trial_id, None)  # each start asks for all its params
+            refused = self._trial_run(trial_id)[1]
+            if refused:
+                raise _ParamsRefusedError(trial_id, refused)
             return
-        run_id = self.trial_runs.get(trial_id)
-        if run_id is None:
-            raise KeyError(f"no run for trial {trial_id}")  # a record with no start: a bug
+        # Params MLflow refused are for the start record to report (it is quarantined).
+        run_id = self._trial_run(trial_id)[0]
         if op == "metrics":
             self._log_batch(run_id, record["metrics"], step=record["step"], time_ms=record["time"])
             self._note_repeats(trial_id, run_id, record["step"])
@@ -424,21 +456,83 @@ class StudyTracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
             self.client.delete_run(run.info.run_id)
             self.trial_runs.pop(trial_id, None)
+            self._params.pop(trial_id, None)  # a late record of it must not bring it back
 
-    def _create_trial_run(self, trial_id: str, params: Mapping[str, str]) -> None:
+    def _trial_run(self, trial_id: str) -> tuple[str, dict[str, str]]:
+        """The run of ``trial_id`` (known, found by its tag, or created now) once it holds the
+        params of the trial's start; returns it and the params MLflow refused just now
+        (key -> reason).
+
+        Any record of a trial may create its run and log its params, so that a start record
+        cut short by an outage or refused (and quarantined) costs that record only.
+        """
+        run_id = self.trial_runs.get(trial_id)
+        if run_id is None:
+            run_id = self._find_or_create_run(trial_id)
+        return run_id, self._log_missing_params(trial_id, run_id)
+
+    def _find_or_create_run(self, trial_id: str) -> str:
+        if trial_id not in self._params:
+            raise LookupError(
+                f"trial {trial_id}: no run, and no start record of it reached this tracker "
+                "(a record of a trial that never started, or whose run was discarded)"
+            )
         # A run created just before the store went away may exist although the call failed.
         found = self._search(f"tags.`{TRIAL_TAG}` = '{trial_id}'")
         if found:
-            self.trial_runs[trial_id] = found[0].info.run_id
-            return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=trial_id,
-            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
-        )
-        self.trial_runs[trial_id] = run.info.run_id
-        for key, value in params.items():
-            self.client.log_param(run.info.run_id, key, value)
+            run_id = str(found[0].info.run_id)
+            self._logged_params[trial_id] = dict(found[0].data.params)
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
+            )
+            run_id = str(run.info.run_id)
+            self._logged_params[trial_id] = {}
+        # Known from here on: should its params fail, the next try finds it without a search.
+        self.trial_runs[trial_id] = run_id
+        return run_id
+
+    def _log_missing_params(self, trial_id: str, run_id: str) -> dict[str, str]:
+        """Log the params of ``trial_id``'s start that its run lacks (none: no request);
+        returns those MLflow refused (key -> reason). An outage raises: the record is tried
+        again, as a whole, and logs what is still missing.
+
+        Only missing keys are logged: MLflow refuses to change a param, and a value the run
+        already holds was logged by an earlier try or driver of the same trial.
+        """
+        from mlflow.entities import Param
+
+        logged = self._logged_params.setdefault(trial_id, {})
+        refused = self._refused_params.setdefault(trial_id, set())
+        missing = {
+            key: value
+            for key, value in self._params.get(trial_id, {}).items()
+            if key not in logged and key not in refused
+        }
+        if not missing:
+            return {}
+        try:
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
+        except Exception as error:
+            if is_unreachable(error):
+                raise
+            # MLflow refuses a batch as a whole: one param at a time, the others still land.
+            reasons: dict[str, str] = {}
+            for key, value in missing.items():
+                try:
+                    self.client.log_param(run_id, key, value)
+                except Exception as param_error:
+                    if is_unreachable(param_error):
+                        raise
+                    reasons[key] = str(param_error).strip()
+                    refused.add(key)
+                else:
+                    logged[key] = value
+            return reasons
+        logged.update(missing)
+        return {}
 
     def _log_batch(
         self, run_id: str, metrics: Mapping[str, float], *, step: int, time_ms: int | None = None
@@ -448,6 +542,14 @@ class StudyTracker:
         now = int(time.time() * 1000) if time_ms is None else time_ms
         batch = [Metric(key, value, now, step) for key, value in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
+
+
+class _ParamsRefusedError(ValueError):
+    """MLflow refused some params of a trial's start record (the others were logged)."""
+
+    def __init__(self, trial_id: str, refused: Mapping[str, str]) -> None:
+        reasons = "; ".join(f"{key}: {reason}" for key, reason in refused.items())
+        super().__init__(f"trial {trial_id}: MLflow refused params {sorted(refused)} ({reasons})")
 
 
 def _metric_batch(metrics: Mapping[str, Any]) -> dict[str, float]:

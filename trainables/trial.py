@@ -6,10 +6,16 @@ A trainable is ``run_<method>(config, setup, teacher_state, *, report, resume, d
 ``tune.report`` with the checkpoint payload, and picks the device. Checkpoint payloads are
 mappings of tensors and numbers saved with ``torch.save`` and read back with
 ``weights_only=True`` (never a pickle of code).
+
+Tune keeps a trial's last checkpoints (``CheckpointConfig.num_to_keep``) as
+``checkpoint_<index>`` folders of the trial's folder, one per report; :func:`restore_checkpoint`
+reads the newest and, should it be unreadable (a file cut short, a disk error), the older kept
+ones, newest first.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -33,8 +39,10 @@ __all__ = [
     "FAILURE_KEY",
     "NODE_KEY",
     "CheckpointReporter",
+    "RestoredCheckpoint",
     "TrialRun",
     "TrialSetup",
+    "UnreadableCheckpointError",
     "build_split",
     "build_teacher",
     "image_size",
@@ -42,7 +50,9 @@ __all__ = [
     "make_evaluator",
     "make_loaders",
     "matching_config",
+    "restore_checkpoint",
     "run_tune_trial",
+    "save_payload",
 ]
 
 CHECKPOINT_FILE = "state.pt"
@@ -243,6 +253,113 @@ def _final_artifacts(
         return {}
 
 
+class UnreadableCheckpointError(RuntimeError):
+    """No checkpoint Tune kept of a trial can be read: the trial cannot resume."""
+
+
+@dataclass(frozen=True)
+class RestoredCheckpoint:
+    """What a trial resumes from.
+
+    Attributes:
+        payload: the checkpoint's payload (as :func:`save_payload` wrote it).
+        reports_behind: how many reports Tune holds past it (0: Tune's newest was read; n: an
+            older checkpoint was, and the n reports after it are Tune's already).
+    """
+
+    payload: Mapping[str, Any]
+    reports_behind: int = 0
+
+
+#: Tune's name of a trial's checkpoint folders (``ray.train._internal.storage``).
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
+
+
+def save_payload(folder: Path, payload: Mapping[str, Any]) -> None:
+    """Write checkpoint ``payload`` into ``folder``, as :func:`restore_checkpoint` reads it."""
+    torch.save(dict(payload), folder / CHECKPOINT_FILE)
+
+
+def _read_payload(checkpoint: Any) -> Mapping[str, Any]:
+    with checkpoint.as_directory() as folder:
+        payload = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"{CHECKPOINT_FILE} holds a {type(payload).__name__}, not a mapping")
+    return payload
+
+
+def _kept_checkpoints(checkpoint: Any) -> list[tuple[Any, int]]:
+    """``checkpoint`` and then the older checkpoints kept beside it, newest first, each with
+    how many checkpoints (reports) it is older than ``checkpoint``."""
+    import pyarrow.fs
+    from ray import tune
+
+    folder, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    newest = _CHECKPOINT_DIR.fullmatch(name)
+    if newest is None or not folder:
+        return [(checkpoint, 0)]  # not in a trial's folder: nothing beside it is Tune's
+    try:
+        entries = checkpoint.filesystem.get_file_info(
+            pyarrow.fs.FileSelector(folder, allow_not_found=True)
+        )
+    except OSError:  # the listing fails like the read did: the newest is all there is
+        return [(checkpoint, 0)]
+    newest_index = int(newest.group(1))
+    older = []
+    for entry in entries:
+        match = _CHECKPOINT_DIR.fullmatch(entry.base_name)
+        if (
+            match is not None
+            and entry.type == pyarrow.fs.FileType.Directory
+            and int(match.group(1)) < newest_index
+        ):
+            older.append((int(match.group(1)), entry.path))
+    return [
+        (checkpoint, 0),
+        *(
+            (tune.Checkpoint(path, filesystem=checkpoint.filesystem), newest_index - index)
+            for index, path in sorted(older, reverse=True)
+        ),
+    ]
+
+
+def restore_checkpoint(checkpoint: Any | None) -> RestoredCheckpoint | None:
+    """What to resume a trial from: ``checkpoint`` (Tune's newest of the trial), or else the
+    newest older kept checkpoint that can be read, with a warning; None for no checkpoint.
+
+    An older checkpoint costs the epochs after it, which run again; failing instead would
+    fail every retry of the trial the same way, since Tune hands each the same checkpoint.
+    Tune counts on from the newest, so :func:`run_tune_trial` does not report those epochs
+    again (:attr:`RestoredCheckpoint.reports_behind`): Tune has their results, and a
+    scheduler that counts reports (ASHA's ``training_iteration``) keeps counting epochs.
+
+    Raises:
+        UnreadableCheckpointError: no kept checkpoint can be read; the message names each and
+            why.
+    """
+    if checkpoint is None:
+        return None
+    problems = []
+    for candidate, behind in _kept_checkpoints(checkpoint):
+        try:
+            payload = _read_payload(candidate)
+        except Exception as error:  # whatever a damaged file raises (EOF, zip, unpickling)
+            problems.append(f"{candidate.path}: {type(error).__name__}: {error}")
+            continue
+        if problems:
+            warnings.warn(
+                f"checkpoint: resuming from the older kept checkpoint {candidate.path}: the "
+                f"newer cannot be read ({'; '.join(problems)}); the {behind} epoch(s) after it "
+                "run again, unreported (Tune has their results)",
+                stacklevel=2,
+            )
+        return RestoredCheckpoint(payload, behind)
+    raise UnreadableCheckpointError(
+        f"checkpoint: none of the {len(problems)} checkpoint(s) Tune kept of this trial can be "
+        f"read, so it cannot resume ({'; '.join(problems)})"
+    )
+
+
 def run_tune_trial(
     run: TrialRun,
     config: Mapping[str, Any],
@@ -256,7 +373,8 @@ def run_tune_trial(
     epoch's checkpoint also holds the compressed model, exported (:mod:`trainables.export`).
     Every result carries the Ray ``node_id`` the trial ran on. The last checkpoint also holds
     the final model's per-sample results and attribution overlays, and the last result its
-    further attribution metrics (:mod:`trainables.trial_artifacts`).
+    further attribution metrics (:mod:`trainables.trial_artifacts`). A trial restored from an
+    unreadable checkpoint resumes from an older kept one (:func:`restore_checkpoint`).
 
     A diverging trial (:class:`~trainables.loop.DivergedError`) reports one last result with
     NaN objectives and the reason under :data:`FAILURE_KEY`, checkpoints that reason instead of
@@ -268,11 +386,10 @@ def run_tune_trial(
     from ray import tune
 
     torch.set_num_threads(max(1, setup.threads))
-    resume: Mapping[str, Any] | None = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+    restored = restore_checkpoint(tune.get_checkpoint())
+    resume = restored.payload if restored is not None else None
+    # Epochs re-run after an older checkpoint: Tune already counted their reports.
+    unreported = restored.reports_behind if restored is not None else 0
     if resume is not None and FAILURE_KEY in resume:
         raise DivergedError(str(resume[FAILURE_KEY]))
     node_id = ray.get_runtime_context().get_node_id()
@@ -282,7 +399,7 @@ def run_tune_trial(
         metrics: Mapping[str, Any], payload: Mapping[str, Any], model: nn.Module | None
     ) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(dict(payload), Path(folder) / CHECKPOINT_FILE)
+            save_payload(Path(folder), payload)
             if model is not None:
                 _export(model, setup, Path(folder) / MODEL_FILE)
                 final = _final_artifacts(model, setup, teacher_state, Path(folder), device)
@@ -301,8 +418,11 @@ def run_tune_trial(
         *,
         model: nn.Module | None = None,
     ) -> None:
-        nonlocal next_epoch
-        send({**metrics, "epoch": epoch}, payload, model)
+        nonlocal next_epoch, unreported
+        if unreported and model is None:  # the last epoch's model is always sent
+            unreported -= 1
+        else:
+            send({**metrics, "epoch": epoch}, payload, model)
         next_epoch = epoch + 1
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import pytest
 from mlflow.entities import ViewType
+
+from tests.study.mlflow_outage import MlflowServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +69,6 @@ SETTINGS = [
 DIVERGING = "{matching: ewa, beta: 1.0e+38, student_width: 1}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait(
     condition: Callable[[], Any], *, timeout_s: float, what: str,
     process: subprocess.Popen[str] | None = None,
@@ -89,45 +84,6 @@ def _wait(
             raise AssertionError(f"ended (exit {process.returncode}) before {what}:\n{output}")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 over a SQLite store; can be stopped and started again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        import requests
-
-        command = [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-            "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1",
-        ]  # fmt: skip
-        log = (self.root / "server.log").open("ab")
-        # MLflow 3's job runner (a dozen huey worker processes) serves no tracking request.
-        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=log, start_new_session=True, env=environment
-        )
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{self.uri}/health", timeout=2).ok
-            except requests.RequestException:
-                return False
-
-        _wait(healthy, timeout_s=120, what="the MLflow server")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-            self.process = None
 
 
 @dataclass
@@ -181,7 +137,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with contextlib.ExitStack() as cleanup:  # a failed start still stops what did start
         cleanup.callback(mlflow.stop)
         mlflow.start()
-        dashboard_port = _free_port()
+        dashboard_port = free_port()
         cluster = Cluster(
             initialize_head=True,
             head_node_args={
