@@ -1,12 +1,14 @@
 """The ``apc`` command line.
 
 Exit codes: 0 done; 2 the user's input is wrong (one message per problem, no traceback);
-1 anything else.
+1 anything else (an unexpected error prints one line and writes its traceback to a file);
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+#: The shell's convention for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -61,6 +65,14 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_problems(uri: str) -> list[str]:
+    """The store behind --tracking-uri, probed for a few seconds: MLflow's client would retry
+    an unreachable server for minutes without a word."""
+    from study.preflight import tracking_problems
+
+    return [p.replace("tracking_uri:", "--tracking-uri:", 1) for p in tracking_problems(uri)]
+
+
 def _validate(args: argparse.Namespace) -> int:
     from study.spec import SpecError, load_spec
 
@@ -75,7 +87,31 @@ def _validate(args: argparse.Namespace) -> int:
         f"({len(spec.enqueue)} enqueued), objectives "
         + ", ".join(f"{m}:{d}" for m, d in spec.objectives.items())
     )
+    for line in _path_lines(spec, base_dir=Path(args.spec).parent):
+        print(f"  {line}")
     return 0
+
+
+def _path_lines(spec: Spec, *, base_dir: Path) -> list[str]:
+    """What ``apc validate`` says of the spec's paths: the rule, then each path as resolved."""
+    from study.spec import PATH_RULE, Spec
+
+    space = spec.search_space_ref
+    defaults = Spec(name=spec.name)
+    resolved: dict[str, str | None] = {
+        "search_space": space if isinstance(space, str) else "(inline)",
+        "dataset.root": spec.dataset.root,
+        "teacher.checkpoint": spec.teacher.checkpoint,
+        "storage_path": spec.storage_path,
+        "tracking_uri": spec.tracking_uri,
+    }
+    for key, default in (
+        ("storage_path", defaults.storage_path), ("tracking_uri", defaults.tracking_uri)
+    ):  # fmt: skip
+        if resolved[key] == default:  # not in the spec: MLflow and Tune take the working folder
+            resolved[key] = f"{default} (default, from the working folder)"
+    shown = ", ".join(f"{key}={value}" for key, value in resolved.items() if value is not None)
+    return [PATH_RULE, f"this spec's folder is {base_dir.resolve()}: {shown}"]
 
 
 DEMO_SPEC = Path(__file__).with_name("presets") / "demo.yaml"
@@ -110,19 +146,23 @@ def _run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"apc run: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    from study.runner import effective_spec_text, run_study
-    from study.tracking import study_exists
+    from study.lifecycle import LifecycleError
+    from study.runner import effective_spec_text, run_problems, run_study
 
-    if study_exists(spec.tracking_uri, spec.name):
-        print(
-            f"apc run: name: study {spec.name!r} already exists in {spec.tracking_uri}; "
-            "choose another --name",
-            file=sys.stderr,
-        )
+    # Checked before anything is written; run_study checks again under the study's lock.
+    problems = run_problems(spec)
+    if problems:
+        for problem in problems:
+            print(f"apc run: {problem}", file=sys.stderr)
         return EXIT_USAGE
     assert isinstance(data, dict)  # parse_spec accepted it
     effective = effective_spec_text(data, base_dir=path.parent)
-    outcome = run_study(spec, spec_text=text, effective_text=effective)
+    try:
+        outcome = run_study(spec, spec_text=text, effective_text=effective)
+    except LifecycleError as error:
+        for problem in error.problems:
+            print(f"apc run: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     return _finish(spec, outcome)
 
 
@@ -144,6 +184,12 @@ def _finish(spec: Spec, outcome: StudyOutcome) -> int:
             f"apc: MLflow at {spec.tracking_uri} could not be reached: {outcome.unlogged} records "
             f"are kept in {outcome.spool}; `apc resume {spec.name} --tracking-uri "
             f"{spec.tracking_uri}` delivers them once it is back",
+            file=sys.stderr,
+        )
+    if outcome.quarantined:
+        print(
+            f"apc: MLflow refused {outcome.quarantined} records; each is kept with its reason "
+            f"in {outcome.quarantine}",
             file=sys.stderr,
         )
     if not outcome.complete:
@@ -172,15 +218,27 @@ def _finish(spec: Spec, outcome: StudyOutcome) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from study.runner import ResumeError, resume_study
+    from study.lifecycle import LifecycleError
+    from study.runner import resume_study
 
     try:
         spec, outcome = resume_study(args.name, tracking_uri=args.tracking_uri)
-    except ResumeError as error:
+    except LifecycleError as error:
         for problem in error.problems:
             print(f"apc resume: {problem}", file=sys.stderr)
         return EXIT_USAGE
     return _finish(spec, outcome)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -190,6 +248,14 @@ def _ui(args: argparse.Namespace) -> int:
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
         "--host", args.host, "--port", str(args.port),
     ]  # fmt: skip
+    if not _is_loopback(args.host):
+        print(
+            f"apc ui: warning: --host {args.host} serves the MLflow UI without authentication "
+            "to every machine that reaches this one: anyone there can read, change and delete "
+            "the studies. For a shared UI run MLflow's auth app instead (README, \"Network "
+            "and security\"), or keep 127.0.0.1 and reach it through an SSH tunnel.",
+            file=sys.stderr,
+        )
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
     try:
         return subprocess.call(command)
@@ -228,6 +294,7 @@ def _pareto(args: argparse.Namespace) -> int:
         problems.append(f"--out: {out} is a directory")
     elif out is not None and not out.parent.is_dir():
         problems.append(f"--out: directory {out.parent} does not exist")
+    problems += _tracking_problems(args.tracking_uri)
     if problems:
         return usage(problems)
 
@@ -298,8 +365,6 @@ def _report(args: argparse.Namespace) -> int:
     # The report downloads a few small artifacts per trial row: one progress bar each is noise.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    from study.preflight import tracking_problems
-
     def usage(problems: list[str]) -> int:
         for problem in problems:
             print(f"apc report: {problem}", file=sys.stderr)
@@ -314,10 +379,7 @@ def _report(args: argparse.Namespace) -> int:
             above = next((p for p in out.parents if p.exists()), None)
             if above is not None and not above.is_dir():
                 problems.append(f"--out: {above} is a file; give a directory")
-    problems += [
-        problem.replace("tracking_uri:", "--tracking-uri:", 1)
-        for problem in tracking_problems(args.tracking_uri)
-    ]
+    problems += _tracking_problems(args.tracking_uri)
     if problems:
         return usage(problems)
 
@@ -459,10 +521,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _crash(command: str, error: Exception) -> int:
+    """The last resort for an error no handler expected: one line naming it, the traceback in
+    a file (a wall of Ray and MLflow frames would bury the one line that matters)."""
+    import tempfile
+    import time
+    import traceback
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"apc-{command}-{stamp}-{os.getpid()}.traceback.txt"
+    text = "".join(traceback.format_exception(error))
+    try:
+        path.write_text(text, encoding="utf-8")
+        where = f"full traceback in {path}"
+    except OSError as write_error:
+        where = f"the traceback could not be written to {path}: {write_error.strerror}"
+    message = (str(error).strip().splitlines() or [""])[0][:300]
+    print(
+        f"apc {command}: unexpected error: {type(error).__name__}"
+        + (f": {message}" if message else "") + f" ({where})",
+        file=sys.stderr,
+    )  # fmt: skip
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``apc`` command line; returns the exit code."""
+    """Run the ``apc`` command line; returns the exit code (see the module's docstring)."""
     args = _parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print(f"apc {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        return _crash(args.command, error)
     return code
 
 

@@ -12,7 +12,6 @@ back with its state) and keeps logging into the same runs.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Mapping
@@ -22,8 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from study.lifecycle import (
+    LOCK_FILE,
+    LifecycleError,
+    discard_never_tuned,
+    driver_lock,
+    run_refusals,
+    study_state,
+)
 from study.samplers import SamplerRecipe
-from study.spec import Spec, SpecError, parse_spec
+from study.spec import Spec, SpecError, absolute_paths, parse_spec
 from study.teacher import TeacherResult, prepare_teacher, trial_setup
 from study.tracking import EFFECTIVE_SPEC_FILE, StudyTracker, find_study, tune_callback
 
@@ -35,6 +42,7 @@ __all__ = [
     "StudyOutcome",
     "effective_spec_text",
     "resume_study",
+    "run_problems",
     "run_study",
     "tune_storage",
 ]
@@ -56,7 +64,8 @@ class StudyOutcome:
     ``complete`` is False when Tune stopped before every trial ended (e.g. Ctrl-C): the study
     can be finished with ``apc resume``. ``unlogged`` records could not reach MLflow and wait
     in ``spool`` for ``apc resume``; ``mlflow_outage_s`` is how long records waited for an
-    unreachable tracking server (and were then delivered, unless ``unlogged``).
+    unreachable tracking server (and were then delivered, unless ``unlogged``); ``quarantined``
+    records MLflow refused are kept with their reasons in ``quarantine``.
     """
 
     parent_run_id: str
@@ -70,6 +79,8 @@ class StudyOutcome:
     unlogged: int = 0
     spool: Path | None = None
     mlflow_outage_s: float = 0.0
+    quarantined: int = 0
+    quarantine: Path | None = None
 
 
 def sampler_recipe(spec: Spec) -> SamplerRecipe:
@@ -88,12 +99,8 @@ def _num_classes(spec: Spec) -> int:
     ).num_classes
 
 
-class ResumeError(Exception):
+class ResumeError(LifecycleError):
     """``apc resume`` cannot continue the study: one message per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 def tune_storage(storage_path: str) -> tuple[str, Path]:
@@ -107,19 +114,12 @@ def tune_storage(storage_path: str) -> tuple[str, Path]:
 
 def effective_spec_text(data: Mapping[str, object], *, base_dir: Path) -> str:
     """The spec as a study runs it, for ``apc resume``: ``data`` with overrides applied and
-    every path made absolute (the data set root, the teacher checkpoint, a search space file
-    and the local storage folder), so it means the same from any working directory."""
-    effective: dict[str, object] = copy.deepcopy(dict(data))
-
-    def absolute(section: object, key: str) -> None:
-        if isinstance(section, dict) and isinstance(section.get(key), str):
-            path = (base_dir / str(section[key])).expanduser()
-            if path.exists():
-                section[key] = str(path.resolve())
-
-    absolute(effective.get("dataset"), "root")
-    absolute(effective.get("teacher"), "checkpoint")
-    absolute(effective, "search_space")
+    every path made absolute by the spec's path rule from ``base_dir``, the spec's folder
+    (:func:`study.spec.absolute_paths`: the data set root, the teacher checkpoint, a search
+    space file, the storage folder, an SQLite tracking file), so it means the same from any
+    working directory and loads again by the same rule."""
+    effective = absolute_paths(data, base_dir=base_dir)
+    # Absent from the spec, the storage folder is the working folder's (as run_study takes it).
     effective["storage_path"] = tune_storage(str(effective.get("storage_path", "apc_results")))[0]
     return yaml.safe_dump(effective, sort_keys=False)
 
@@ -245,7 +245,23 @@ def _fit(
         teacher_seconds=teacher_seconds, ray_init_seconds=ray_init_seconds,
         tune_seconds=tune_seconds, complete=complete, unlogged=unlogged,
         spool=tracker.spool if unlogged else None, mlflow_outage_s=tracker.outage_s,
+        quarantined=tracker.quarantined,
+        quarantine=tracker.quarantine if tracker.quarantined else None,
     )  # fmt: skip
+
+
+def _experiment(spec: Spec) -> tuple[str, Path, str, Path]:
+    """Tune's storage, the local folder, the study's Tune experiment and its MLflow spool."""
+    storage, local = tune_storage(spec.storage_path)
+    return storage, local, f"{storage.rstrip('/')}/{spec.name}", local / spec.name / PENDING_FILE
+
+
+def run_problems(spec: Spec) -> list[str]:
+    """Why ``apc run`` may not start ``spec`` under its name (study.lifecycle); [] if it may."""
+    _, _, experiment, spool = _experiment(spec)
+    state = study_state(spec.tracking_uri, spec.name, experiment=experiment, spool=spool)
+    return run_refusals(state, name=spec.name, tracking_uri=spec.tracking_uri,
+                        experiment=experiment)  # fmt: skip
 
 
 def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyOutcome:
@@ -253,35 +269,45 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
 
     ``spec_text`` is the spec file as written; ``effective_text`` the spec as run
     (:func:`effective_spec_text`), which ``apc resume`` needs (default: ``spec_text``).
+
+    Raises:
+        LifecycleError: the name is taken (:func:`run_problems`) or another driver holds it.
     """
     import ray
 
     started = time.monotonic()
     _driver_environment()
-    storage, local = tune_storage(spec.storage_path)
-    tracker = StudyTracker(
-        spec.tracking_uri, name=spec.name, objectives=spec.objectives,
-        spool=local / spec.name / PENDING_FILE,
-    )  # fmt: skip
-    tracker.start_study(spec, spec_text, effective_text or spec_text)
-    started_ray = False
-    try:
-        teacher, teacher_seconds, setup = _prepare(spec, local)
-        teacher_run = _log_teacher(tracker, spec, teacher)
-        started_ray, ray_init_seconds = _start_ray(spec)
-        callback = tune_callback(
-            tracker, method=spec.method, teacher_run_id=teacher_run,
-            iterations=spec.epochs if spec.scheduler is not None else None,
-        )  # fmt: skip
-        tuner = _tuner(spec, _trainable(spec, setup, teacher), storage, callback)
-        return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
-                    ray_init_seconds=ray_init_seconds)  # fmt: skip
-    except BaseException:
-        tracker.close(status="FAILED", timeout_s=10.0)
-        raise
-    finally:
-        if started_ray:
-            ray.shutdown()
+    storage, local, experiment, spool = _experiment(spec)
+    with driver_lock(local / spec.name, name=spec.name):
+        state = study_state(spec.tracking_uri, spec.name, experiment=experiment, spool=spool)
+        problems = run_refusals(state, name=spec.name, tracking_uri=spec.tracking_uri,
+                                experiment=experiment)  # fmt: skip
+        if problems:
+            raise LifecycleError(problems)
+        if state.never_tuned:
+            discard_never_tuned(spec.tracking_uri, state.parent, spool=spool)
+        tracker = StudyTracker(
+            spec.tracking_uri, name=spec.name, objectives=spec.objectives, spool=spool
+        )
+        tracker.start_study(spec, spec_text, effective_text or spec_text)
+        started_ray = False
+        try:
+            teacher, teacher_seconds, setup = _prepare(spec, local)
+            teacher_run = _log_teacher(tracker, spec, teacher)
+            started_ray, ray_init_seconds = _start_ray(spec)
+            callback = tune_callback(
+                tracker, method=spec.method, teacher_run_id=teacher_run,
+                iterations=spec.epochs if spec.scheduler is not None else None,
+            )  # fmt: skip
+            tuner = _tuner(spec, _trainable(spec, setup, teacher), storage, callback)
+            return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
+                        ray_init_seconds=ray_init_seconds)  # fmt: skip
+        except BaseException:
+            tracker.close(status="FAILED", timeout_s=10.0)
+            raise
+        finally:
+            if started_ray:
+                ray.shutdown()
 
 
 def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
@@ -322,11 +348,15 @@ def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
 
 def _tune_trials(experiment: str) -> list[dict[str, Any]]:
     """What Tune's storage holds of each trial in its last snapshot of ``experiment``: id,
-    config, status, every reported result (``result.json``) and the latest checkpoint."""
-    import json
+    config, status, every reported result (``result.json``) and the latest checkpoint.
 
+    A torn line of a ``result.json`` (its node died mid-write) is skipped with a warning:
+    the results before it are whole, and MLflow may hold the lost one already.
+    """
     import pyarrow.fs
     from ray.tune import ExperimentAnalysis
+
+    from study.log_queue import read_json_lines
 
     trials = []
     for trial in ExperimentAnalysis(experiment).trials:
@@ -340,7 +370,7 @@ def _tune_trials(experiment: str) -> list[dict[str, Any]]:
                 text = stream.readall().decode("utf-8")
         except (FileNotFoundError, OSError):
             text = ""  # no result yet
-        results = [json.loads(line) for line in text.splitlines() if line.strip()]
+        results = read_json_lines(text, source=f"{path}/result.json").records
         trials.append({"trial": trial.trial_id, "config": dict(trial.config),
                        "status": trial.status, "results": results,
                        "checkpoint": trial.checkpoint})  # fmt: skip
@@ -356,10 +386,8 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
 
     Raises:
         ResumeError: see :func:`load_study_spec`, or Tune has no state to restore.
+        StudyLockedError: another driver runs the study.
     """
-    import ray
-    from ray import tune
-
     from study.preflight import preflight, tracking_problems
 
     started = time.monotonic()
@@ -370,18 +398,39 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
     problems = preflight(spec)
     if problems:
         raise ResumeError(problems)
-    storage, local = tune_storage(spec.storage_path)
-    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    _, local, experiment, spool = _experiment(spec)
+    if not (local / spec.name / LOCK_FILE).exists():
+        # No driver ever ran here: refuse before the lock file would be written.
+        _require_tune_state(spec, experiment)
+    with driver_lock(local / spec.name, name=spec.name):
+        return spec, _resume_locked(spec, parent, experiment=experiment, local=local,
+                                    spool=spool, started=started)  # fmt: skip
+
+
+def _require_tune_state(spec: Spec, experiment: str) -> None:
+    from ray import tune
+
     if not tune.Tuner.can_restore(experiment):
         raise ResumeError([
-            f"name: study {name!r} has no Tune state in {experiment} to resume (its driver "
-            "stopped before the trials started, or the storage path moved); run it again "
-            "under a new --name"
+            f"name: study {spec.name!r} has no Tune state in {experiment} to resume: its "
+            "driver stopped before the trials started, so nothing is lost; run it again "
+            f"under its name (`apc run SPEC --name {spec.name}`), or check that the storage "
+            "path did not move"
         ])  # fmt: skip
-    tracker = StudyTracker(
-        tracking_uri, name=spec.name, objectives=spec.objectives,
-        spool=local / spec.name / PENDING_FILE,
-    )  # fmt: skip
+
+
+def _resume_locked(
+    spec: Spec, parent: str, *, experiment: str, local: Path, spool: Path, started: float
+) -> StudyOutcome:
+    import ray
+    from ray import tune
+
+    _require_tune_state(spec, experiment)
+    # Read before the study run is marked running again: what Tune's storage holds cannot
+    # fail a resume half-way.
+    trials = _tune_trials(experiment)
+    tracker = StudyTracker(spec.tracking_uri, name=spec.name, objectives=spec.objectives,
+                           spool=spool)  # fmt: skip
     replayed = tracker.attach(parent)
     if replayed:
         print(f"apc resume: delivering {replayed} MLflow records kept from before")
@@ -391,15 +440,14 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
         teacher_run = tracker.teacher_run()
         if teacher_run is None:  # the driver died during the teacher stage
             teacher_run = _log_teacher(tracker, spec, teacher)
-        tracker.backfill(_tune_trials(experiment), method=spec.method, teacher_run_id=teacher_run)
+        tracker.backfill(trials, method=spec.method, teacher_run_id=teacher_run)
         started_ray, ray_init_seconds = _start_ray(spec)
         tuner = tune.Tuner.restore(
             experiment, trainable=_trainable(spec, setup, teacher),
             resume_unfinished=True, resume_errored=False, restart_errored=False,
         )  # fmt: skip
-        outcome = _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
-                       ray_init_seconds=ray_init_seconds)  # fmt: skip
-        return spec, outcome
+        return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
+                    ray_init_seconds=ray_init_seconds)  # fmt: skip
     except BaseException:
         tracker.close(status="FAILED", timeout_s=10.0)
         raise

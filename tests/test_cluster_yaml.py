@@ -4,8 +4,9 @@ Ray validates a launcher config the way `ray up` does: ``prepare_config`` fills 
 provider's defaults, then ``validate_config`` checks it against ``ray-schema.json`` (which
 admits no unknown keys) and the node-type rules. Beyond the schema the README relies on: the
 head runs ``mlflow server`` on 127.0.0.1 over a database, the dashboard/job server listens on
-127.0.0.1 only, a worker type has a GPU, and every node installs the torch pin of
-pyproject.toml before the project. The `apc` commands of the README's "Running on a cluster"
+127.0.0.1 only, a worker type has a GPU, every node installs requirements.lock before the
+project and runs Ray with token authentication, and MLflow runs its auth app over verified TLS
+with no secret in the file. The `apc` commands of the README's "Running on a cluster"
 section parse with apc's own command line.
 """
 
@@ -15,7 +16,6 @@ import copy
 import json
 import re
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,11 +25,6 @@ import pytest
 import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -90,16 +85,6 @@ def _head_commands(config: dict[str, Any]) -> list[str]:
         *config.get("head_setup_commands", []),
         *config.get("head_start_ray_commands", []),
     ]
-
-
-def _pins() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = {}
-    for requirement in project["dependencies"]:
-        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;,]+)\s*", requirement)
-        if match:
-            pins[match.group(1).lower()] = match.group(2)
-    return pins
 
 
 def test_ray_accepts_the_config() -> None:
@@ -198,23 +183,53 @@ def test_a_worker_type_has_a_gpu() -> None:
         assert node.get("min_workers", 0) <= node["max_workers"] <= config["max_workers"]
 
 
-def test_setup_installs_the_pyproject_torch_pins_then_the_project() -> None:
-    pins = _pins()
-    assert {"torch", "torchvision"} <= set(pins), f"pyproject.toml pins {pins}"
+def test_setup_installs_the_lock_then_the_project_without_resolving() -> None:
     setup = _config()["setup_commands"]  # every node: the trials run on the workers
     installs = _program_args(setup, "pip", "install")
-    wanted = {f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"}
-    torch_at = [i for i, args in enumerate(installs) if wanted <= set(args)]
-    assert torch_at, f"setup_commands must `pip install {' '.join(sorted(wanted))}`: {installs}"
-    # No other install names torch or torchvision with another (or no) version.
-    for args in installs:
-        for arg in args:
-            name = re.split(r"[=<>!~\[;@ ]", arg, maxsplit=1)[0].lower()
-            if name in ("torch", "torchvision"):
-                assert arg == f"{name}=={pins[name]}", f"{arg!r} in {args}"
+    lock_at = [
+        i for i, args in enumerate(installs)
+        if "--require-hashes" in args and _option(args, "-r") == "/home/ubuntu/apc/requirements.lock"
+    ]  # fmt: skip
+    assert lock_at, f"setup_commands must `pip install --require-hashes -r` the lock: {installs}"
     project_at = [i for i, args in enumerate(installs) if "-e" in args]
     assert project_at, "setup_commands must install the project (`pip install -e ...`)"
-    assert torch_at[0] < project_at[0], "torch must be pinned before the project resolves"
+    assert lock_at[0] < project_at[0]
+    assert "--no-deps" in installs[project_at[0]], "the project must not resolve past the lock"
+    # Nothing else is installed by name on every node (it would move a locked version).
+    named = [
+        args for args in installs if args not in (installs[lock_at[0]], installs[project_at[0]])
+    ]
+    assert named == [["--upgrade", "pip"]]
+
+
+def test_ray_token_authentication_is_on_for_every_node() -> None:
+    config = _config()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if _program_args([c], "ray", "start")]
+        assert starts, key
+        for command in starts:
+            words = _words(command)
+            assert "RAY_AUTH_MODE=token" in words, command
+            assert words.index("RAY_AUTH_MODE=token") < words.index("ray"), command
+    fetch = " ".join(config["setup_commands"])
+    assert "--secret-id apc/ray-auth-token" in fetch
+    assert "~/.ray/auth_token" in fetch
+
+
+def test_mlflow_runs_its_auth_app_over_verified_tls_without_secrets_in_the_file() -> None:
+    config = _config()
+    (args,) = _program_args(_head_commands(config), "mlflow", "server")
+    assert _option(args, "--app-name") == "basic-auth"
+    backend = _option(args, "--backend-store-uri")
+    assert backend is not None
+    assert "sslmode=verify-full" in urlsplit(backend).query
+    assert urlsplit(backend).password is None
+    text = CLUSTER_YAML.read_text()
+    # Secrets come from Secrets Manager at setup time; no literal value is assigned here.
+    assert not re.search(r"(PASSWORD|SECRET_KEY|AUTH_TOKEN)=(?![%$\"])", text), (
+        "a secret in the file"
+    )
+    assert "admin_password =" not in text
 
 
 def test_the_installed_project_is_the_mounted_repository() -> None:

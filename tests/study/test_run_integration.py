@@ -73,7 +73,26 @@ def test_run_printed_the_pareto_front_and_refuses_an_existing_name(
     uri, root = study
     assert main(["run", "--name", "tiny", "--tracking-uri", uri, "--storage", str(root)]) == 2
     err = capsys.readouterr().err
-    assert f"apc run: name: study 'tiny' already exists in {uri}; choose another --name" in err
+    assert (
+        f"apc run: name: study 'tiny' already exists in {uri} and has run trials; finish it "
+        f"with `apc resume tiny --tracking-uri {uri}`, or choose another --name"
+    ) in err
+
+
+def test_run_refuses_tune_state_that_another_store_does_not_know(
+    study: tuple[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Same storage, another MLflow store: the new study would overwrite 'tiny''s Tune state."""
+    _, root = study
+    other = f"sqlite:///{tmp_path}/other.db"
+    storage = root / "results"
+    assert main(["run", "--name", "tiny", "--tracking-uri", other, "--storage", str(storage)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"apc run: name: Tune's storage already holds a study 'tiny' ({storage}/tiny) that "
+        f"{other} does not know (another MLflow store's?); choose another --name or --storage"
+    )
+    assert not (tmp_path / "other.db").exists()  # nothing written
 
 
 def test_objectives_missing_from_the_last_epoch_are_tagged(study: tuple[str, Path]) -> None:
