@@ -253,7 +253,7 @@ def _ui(args: argparse.Namespace) -> int:
             f"apc ui: warning: --host {args.host} serves the MLflow UI without authentication "
             "to every machine that reaches this one: anyone there can read, change and delete "
             "the studies. For a shared UI run MLflow's auth app instead (README, \"Network "
-            "and security\"), or keep 127.0.0.1 and reach it through an SSH tunnel.",
+            'and security"), or keep 127.0.0.1 and reach it through an SSH tunnel.',
             file=sys.stderr,
         )
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
