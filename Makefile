@@ -46,7 +46,8 @@ test-latest:
 	@set -e; $(throwaway_venv); \
 	"$$uv" pip install --quiet --python "$$py" --upgrade --resolution highest -e '.[dev]'; \
 	"$$uv" pip list --python "$$py" | grep -E '^($(KEY_PACKAGES))[[:space:]]'; \
-	"$$tmp/venv/bin/ruff" check . && "$$tmp/venv/bin/mypy" && "$$tmp/venv/bin/pytest" -p no:cacheprovider
+	"$$tmp/venv/bin/ruff" check . && "$$tmp/venv/bin/mypy" && "$$tmp/venv/bin/lint-imports" && \
+	"$$tmp/venv/bin/pytest" -p no:cacheprovider
 
 # One package at another version, the rest as locked, e.g.
 #   make test-with PKG=optuna==5.0.0 TESTS=tests/study/test_search.py
@@ -68,6 +69,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-slow: $(STAMP)
@@ -80,6 +82,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.matching_overhead

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: JSON-lines output and interleaved timing."""
+"""Helpers shared by the benchmarks: JSON-lines output, interleaved timing, and what a
+finished study left (Tune's results per trial, the driver's span per trial)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["emit", "environment", "inference_call", "time_interleaved"]
+__all__ = [
+    "driver_spans",
+    "emit",
+    "environment",
+    "inference_call",
+    "median",
+    "study_root",
+    "time_interleaved",
+    "train_eval_seconds",
+    "trial_results",
+]
 
 
 def inference_call(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], object]:
@@ -85,3 +96,30 @@ def study_root(stack: contextlib.ExitStack, keep: Path | None, *, prefix: str) -
         root.mkdir(parents=True, exist_ok=True)
         return root
     return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+
+
+def trial_results(experiment: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every result each trial reported, from Tune's ``result.json`` files, by trial id."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(experiment.glob("*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [row for row in rows if "time_train_s" in row]
+        if rows:
+            results[str(rows[0]["trial_id"])] = rows
+    return results
+
+
+def driver_spans(tracking_uri: str, name: str) -> dict[str, tuple[float, float]]:
+    """Each trial's (start, end) in the driver, epoch seconds, from its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`apc.role` = 'trial'")
+    return {
+        run.data.tags["apc.trial_id"]: (run.info.start_time / 1000.0, run.info.end_time / 1000.0)
+        for run in runs
+        if run.info.end_time is not None
+    }

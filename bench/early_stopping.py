@@ -32,8 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import emit, environment, study_root, train_eval_seconds
-from bench.sweep_overhead import _trial_results
+from bench._common import emit, environment, study_root, train_eval_seconds, trial_results
 
 BENCH = "early_stopping"
 
@@ -41,7 +40,7 @@ BENCH = "early_stopping"
 def _run(
     args: argparse.Namespace, root: Path, text: str, data: object, *, asha: bool
 ) -> dict[str, Any]:
-    from study.cli import DEMO_SPEC
+    from study.presets import DEMO_SPEC
     from study.runner import run_study
     from study.spec import SpecError, apply_overrides, parse_spec
 
@@ -64,7 +63,7 @@ def _run(
             }  # fmt: skip
     spec = parse_spec(data, base_dir=DEMO_SPEC.parent)
     outcome = run_study(spec, spec_text=text)
-    results = _trial_results(Path(spec.storage_path) / spec.name)
+    results = trial_results(Path(spec.storage_path) / spec.name)
     finals = {trial: rows[-1] for trial, rows in results.items()}
     complete = {t: r for t, r in finals.items() if int(r["training_iteration"]) >= spec.epochs}
     best = {
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from study.cli import DEMO_SPEC
+    from study.presets import DEMO_SPEC
     from study.spec import read_spec_text
 
     started = time.monotonic()

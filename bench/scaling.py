@@ -71,8 +71,14 @@ from unittest import mock
 
 import torch
 
-from bench._common import emit, environment, study_root, train_eval_seconds
-from bench.sweep_overhead import _driver_spans, _trial_results
+from bench._common import (
+    driver_spans,
+    emit,
+    environment,
+    study_root,
+    train_eval_seconds,
+    trial_results,
+)
 
 BENCH = "scaling"
 TARGET_SPEEDUP = 1.7
@@ -202,7 +208,7 @@ def _run_setting(
     args: argparse.Namespace, root: Path, concurrency: int, text: str, data: object
 ) -> Setting:
     from study import teacher as teacher_stage
-    from study.cli import DEMO_SPEC
+    from study.presets import DEMO_SPEC
     from study.runner import run_study
     from study.spec import SpecError, apply_overrides, parse_spec
     from trainables import registry
@@ -225,8 +231,8 @@ def _run_setting(
         concurrency=concurrency,
         outcome=outcome,
         setup_threads=setup_threads,
-        results=_trial_results(Path(spec.storage_path) / spec.name),
-        spans=_driver_spans(spec.tracking_uri, spec.name),
+        results=trial_results(Path(spec.storage_path) / spec.name),
+        spans=driver_spans(spec.tracking_uri, spec.name),
         probes=_probes(folder),
         loadavg=(load_before, load_after),
     )
@@ -291,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from study.cli import DEMO_SPEC
+    from study.presets import DEMO_SPEC
     from study.spec import read_spec_text
 
     started = time.monotonic()

@@ -44,15 +44,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bench._common import emit, environment, study_root
+from bench._common import driver_spans, emit, environment, study_root, trial_results
 
 BENCH = "sweep_overhead"
 TARGET_SHARE = 0.05
@@ -72,33 +70,6 @@ def _spec_overrides(args: argparse.Namespace, root: Path) -> list[str]:
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
     return overrides + list(args.set)
-
-
-def _trial_results(experiment: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every result each trial reported, from Tune's ``result.json`` files, by trial id."""
-    results: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(experiment.glob("*/result.json")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [row for row in rows if "time_train_s" in row]
-        if rows:
-            results[str(rows[0]["trial_id"])] = rows
-    return results
-
-
-def _driver_spans(tracking_uri: str, name: str) -> dict[str, tuple[float, float]]:
-    """Each trial's (start, end) in the driver, epoch seconds, from its MLflow run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return {}
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`apc.role` = 'trial'")
-    return {
-        run.data.tags["apc.trial_id"]: (run.info.start_time / 1000.0, run.info.end_time / 1000.0)
-        for run in runs
-        if run.info.end_time is not None
-    }
 
 
 def _cold_import_seconds() -> float:
@@ -134,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.trials, args.max_concurrent, args.train_size, args.teacher_epochs) < 1:
         parser.error("--trials, --max-concurrent, --train-size, --teacher-epochs must be >= 1")
 
-    from study.cli import DEMO_SPEC
+    from study.presets import DEMO_SPEC
     from study.runner import run_study
     from study.spec import SpecError, apply_overrides, parse_spec, read_spec_text
 
@@ -153,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             outcome = run_study(spec, spec_text=text)
         load_after = os.getloadavg()[0]
-        results = _trial_results(Path(spec.storage_path) / spec.name)
-        spans = _driver_spans(spec.tracking_uri, spec.name)
+        results = trial_results(Path(spec.storage_path) / spec.name)
+        spans = driver_spans(spec.tracking_uri, spec.name)
 
     env = environment("cpu")
     cpus = os.cpu_count() or 1

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from study.presets import DEMO_SPEC
 from trainables._version import __version__
 
 if TYPE_CHECKING:
@@ -112,9 +113,6 @@ def _path_lines(spec: Spec, *, base_dir: Path) -> list[str]:
             resolved[key] = f"{default} (default, from the working folder)"
     shown = ", ".join(f"{key}={value}" for key, value in resolved.items() if value is not None)
     return [PATH_RULE, f"this spec's folder is {base_dir.resolve()}: {shown}"]
-
-
-DEMO_SPEC = Path(__file__).with_name("presets") / "demo.yaml"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -90,8 +90,6 @@ __all__ = [
 
 #: Compression methods a spec may name: those with a trainable in trainables.registry.
 METHODS: Final[tuple[str, ...]] = trainable_names()
-#: Planned methods, refused with a clear message until their trainable exists.
-PLANNED_METHODS: Final[tuple[str, ...]] = ()
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # whole names: fullmatch
 
 # -- bounds: a spec's numbers, far above what a 1,000-GPU cluster runs yet finite, so that a
@@ -812,9 +810,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         "name", "", lambda v: None if isinstance(v, str) and _NAME_PATTERN.fullmatch(v) else
         "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
     )  # fmt: skip
-    method = s.get("method", "distillation", _choice(METHODS + PLANNED_METHODS))
-    if method in PLANNED_METHODS:
-        problems.append(f"method: {method!r} has no trainable yet; available: {', '.join(METHODS)}")
+    method = s.get("method", "distillation", _choice(METHODS))
     reference = data.get("search_space", method)
     space, space_problems = load_search_space(reference, base_dir=base)
     problems.extend(space_problems)

@@ -19,10 +19,8 @@ from trainables.loop import CompressionHooks, Reporter, TrainState, train_studen
 from trainables.models import build_model
 from trainables.size import SizeProbe, count_params
 from trainables.trial import (
-    CHECKPOINT_FILE,
     CheckpointReporter,
     TrialSetup,
-    build_split,
     build_teacher,
     image_size,
     loop_config,
@@ -33,12 +31,7 @@ from trainables.trial import (
 )
 
 __all__ = [
-    "CHECKPOINT_FILE",
-    "TrialSetup",
-    "build_split",
     "distillation_trainable",
-    "make_evaluator",
-    "make_loaders",
     "run_distillation",
     "student_divisor",
 ]

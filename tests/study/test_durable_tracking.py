@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.cli import DEMO_SPEC
+from study.presets import DEMO_SPEC
 from study.spec import load_spec
 from study.tracking import StudyTracker
 from tests.study.mlflow_outage import MlflowServer, OutageProxy

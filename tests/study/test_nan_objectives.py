@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from study.cli import DEMO_SPEC
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text, worst_value
+from study.presets import DEMO_SPEC
 from study.runner import sampler_recipe
 from study.search import NanSafeOptunaSearch, RebuildingOptunaSearch
 from study.spec import Spec, load_spec

@@ -11,7 +11,7 @@ import pytest
 import ray.cloudpickle
 from optuna.trial import TrialState
 
-from study.cli import DEMO_SPEC
+from study.presets import DEMO_SPEC
 from study.runner import build_searcher
 from study.samplers import SAMPLERS, SamplerRecipe
 from study.search import DistinctOptunaSearch

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 
 from search_spaces import builtin_search_space_path
 from study import spec as spec_module
-from study.cli import DEMO_SPEC, main
+from study.cli import main
+from study.presets import DEMO_SPEC
 
 PRESETS = sorted({*DEMO_SPEC.parent.glob("*.yaml"), DEMO_SPEC})
 BASES: tuple[dict[str, Any], ...] = tuple(yaml.safe_load(p.read_text()) for p in PRESETS)

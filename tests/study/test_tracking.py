@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from study.cli import DEMO_SPEC
+from study.presets import DEMO_SPEC
 from study.spec import load_spec
 from study.tracking import StudyTracker
 
