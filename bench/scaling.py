@@ -19,7 +19,7 @@ The trials are the same in both settings and cost the same as each other: all of
 SWA at student width 2 with distinct betas (1.0, 1.1, ...; beta only scales a loss term), so the
 search asks Optuna for nothing and two trials that start together end together.
 
-Threads: ``study.teacher.trial_setup`` sets ``TrialSetup.threads = int(resources_per_trial.cpu)``
+Threads: ``study.plan.trial_setup`` sets ``TrialSetup.threads = int(resources_per_trial.cpu)``
 and ``trainables.trial.run_tune_trial`` calls ``torch.set_num_threads(setup.threads)`` in the
 thread that then trains. To see it from inside the trials, the bench wraps the method's
 trainable (``trainables.registry.get_trainable``, patched while the studies run): after the
@@ -207,7 +207,7 @@ class Setting:
 def _run_setting(
     args: argparse.Namespace, root: Path, concurrency: int, text: str, data: object
 ) -> Setting:
-    from study import teacher as teacher_stage
+    from study import plan as study_plan
     from study.presets import DEMO_SPEC
     from study.runner import run_study
     from study.spec import SpecError, apply_overrides, parse_spec
@@ -220,7 +220,7 @@ def _run_setting(
         data["enqueue"] = trial_configs(args.trials)
         data.pop("scheduler", None)  # every trial runs all its epochs
     spec = parse_spec(data, base_dir=DEMO_SPEC.parent)
-    setup_threads = teacher_stage.trial_setup(spec, num_classes=1).threads
+    setup_threads = study_plan.trial_setup(spec, num_classes=1).threads
     folder = root / f"threads-c{concurrency}"
     probed = _thread_probe(registry.get_trainable(spec.method), folder)
     load_before = os.getloadavg()[0]

@@ -187,7 +187,7 @@ def _storage_problems(storage_path: str) -> list[str]:
 
 def _data_problems(spec: Spec) -> tuple[list[str], int | None]:
     """Problems of the splits the study reads, and its number of classes (None if unknown)."""
-    from study.teacher import teacher_dataset_options, trial_setup
+    from study.plan import teacher_dataset_options, trial_setup
     from trainables.trial import build_split
 
     setup = trial_setup(spec, num_classes=1)

@@ -29,13 +29,15 @@ from study.lifecycle import (
     run_refusals,
     study_state,
 )
+from study.plan import plan_study
 from study.samplers import SamplerRecipe
 from study.spec import Spec, SpecError, absolute_paths, parse_spec
-from study.teacher import TeacherResult, prepare_teacher, trial_setup
+from study.teacher import TeacherResult, prepare_teacher
 from study.tracking import EFFECTIVE_SPEC_FILE, StudyTracker, find_study, tune_callback
 
 if TYPE_CHECKING:
     from study.search import DistinctOptunaSearch
+    from trainables.trial import TrialSetup
 
 __all__ = [
     "ResumeError",
@@ -90,15 +92,6 @@ def sampler_recipe(spec: Spec) -> SamplerRecipe:
     )
 
 
-def _num_classes(spec: Spec) -> int:
-    from trainables.trial import build_split
-
-    setup = trial_setup(spec, num_classes=1)
-    return build_split(
-        setup, setup.eval_split, 1 if spec.dataset.name == "shapes" else None
-    ).num_classes
-
-
 class ResumeError(LifecycleError):
     """``apc resume`` cannot continue the study: one message per problem."""
 
@@ -124,11 +117,11 @@ def effective_spec_text(data: Mapping[str, object], *, base_dir: Path) -> str:
     return yaml.safe_dump(effective, sort_keys=False)
 
 
-def _prepare(spec: Spec, local: Path) -> tuple[TeacherResult, float, Any]:
-    num_classes = _num_classes(spec)
+def _prepare(spec: Spec, local: Path) -> tuple[TeacherResult, float, TrialSetup]:
+    plan = plan_study(spec)
     started = time.monotonic()
-    teacher = prepare_teacher(spec, num_classes=num_classes, cache_dir=local / "teachers")
-    return teacher, time.monotonic() - started, trial_setup(spec, num_classes=num_classes)
+    teacher = prepare_teacher(spec, plan=plan, cache_dir=local / "teachers")
+    return teacher, time.monotonic() - started, plan.trial
 
 
 def _log_teacher(tracker: StudyTracker, spec: Spec, teacher: TeacherResult) -> str:
@@ -150,7 +143,7 @@ def _start_ray(spec: Spec) -> tuple[bool, float]:
     return True, time.monotonic() - started
 
 
-def _trainable(spec: Spec, setup: Any, teacher: TeacherResult) -> Any:
+def _trainable(spec: Spec, setup: TrialSetup, teacher: TeacherResult) -> Any:
     from ray import tune
 
     from trainables.registry import get_trainable

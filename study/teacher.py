@@ -19,21 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from study.plan import StudyPlan, teacher_dataset_options
 from study.spec import Spec
 from trainables import __version__
 from trainables.loop import LoopConfig, Optimization, TrainState, train_student
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
 from trainables.size import count_params
-from trainables.trial import TrialSetup, make_evaluator, make_loaders
+from trainables.trial import make_evaluator, make_loaders
 
 __all__ = [
     "TeacherResult",
     "prepare_teacher",
-    "teacher_dataset_options",
     "teacher_key",
     "teacher_optimization",
-    "trial_setup",
 ]
 
 
@@ -48,43 +47,9 @@ class TeacherResult:
     trained: bool
 
 
-def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> TrialSetup:
-    """The study-wide part of every trial's configuration, from the spec."""
-    options: dict[str, Any] = {"image_size": spec.dataset.image_size, **spec.dataset.options}
-    if spec.dataset.root is not None:
-        options["root"] = spec.dataset.root
-    eval_split = "seg_val" if spec.dataset.name == "voc2012" else "val"
-    return TrialSetup(
-        dataset=spec.dataset.name,
-        dataset_options=options,
-        num_classes=num_classes,
-        arch=spec.teacher.arch,
-        teacher_width=spec.teacher.width,
-        epochs=spec.epochs if epochs is None else epochs,
-        train_size=spec.dataset.train_size,
-        val_size=spec.dataset.val_size,
-        eval_split=eval_split,
-        batch_size=spec.training.batch_size,
-        optimization=spec.training.optimization,
-        seed=spec.seed,
-        num_workers=spec.training.num_workers,
-        threads=max(1, int(spec.resources_per_trial.cpu)),
-        multi_label=spec.dataset.name != "imagefolder",
-        headline=tuple(spec.objectives),
-        extra=dict(spec.method_options),
-        attribution_methods=spec.evaluation.attribution_methods,
-        overlay_images=spec.evaluation.overlay_images,
-    )
-
-
 def teacher_optimization(spec: Spec) -> Optimization:
     """The optimiser settings the teacher trains with: the study's, at the teacher's own lr."""
     return replace(spec.training.optimization, lr=spec.teacher.lr)
-
-
-def teacher_dataset_options(spec: Spec) -> dict[str, Any]:
-    """Options of the teacher's training data: ``teacher.dataset_options`` over the study's."""
-    return {**spec.dataset.options, **spec.teacher.dataset_options}
 
 
 def teacher_key(spec: Spec) -> str:
@@ -127,22 +92,23 @@ def _progress(epochs: int, started: float) -> Any:
     return report
 
 
-def prepare_teacher(spec: Spec, *, num_classes: int, cache_dir: Path) -> TeacherResult:
+def prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherResult:
     """Load the spec's teacher checkpoint, or the cached teacher, or train one (with progress).
 
     The teacher trains on the study's data with ``teacher.dataset_options`` applied over
-    ``dataset.options`` (e.g. the broader, shortcut-free data a pretrained teacher has seen)
-    and is always evaluated on the study's own evaluation split, like every trial.
+    ``dataset.options`` (``plan.teacher``: e.g. the broader, shortcut-free data a pretrained
+    teacher has seen) and is always evaluated on the study's own evaluation split
+    (``plan.trial``), like every trial.
     """
-    setup = trial_setup(spec, num_classes=num_classes, epochs=spec.teacher.epochs)
+    setup = plan.teacher
+    num_classes = plan.num_classes
     torch.manual_seed(spec.seed)  # the initial weights too: a cache key must mean one teacher
     model = build_model(
         spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
         width_divisor=spec.teacher.width, pretrained=spec.teacher.pretrained,
     )  # fmt: skip
-    _, eval_loader = make_loaders(setup)
-    teacher_data = {**setup.dataset_options, **teacher_dataset_options(spec)}
-    train_loader, _ = make_loaders(replace(setup, dataset_options=teacher_data))
+    _, eval_loader = make_loaders(plan.trial)
+    train_loader, _ = make_loaders(setup)
 
     evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
     # The teacher's row of each further method's table: measured once, like a trial's last epoch.
