@@ -1,11 +1,27 @@
-"""Ray's OptunaSearch, made picklable whatever the sampler, and NaN-safe.
+"""apc's searcher: Ray's OptunaSearch, made picklable whatever the sampler, NaN-safe, distinct.
 
-Pickling: Ray Tune pickles the searcher when the Tuner starts, in every experiment snapshot
-(``save``) and on ``Tuner.restore``. Ray's own ``save`` pickles ``__dict__``, sampler included,
-and Optuna 5.1's ``NSGAIISampler`` holds a ``threading.Lock``. :class:`RebuildingOptunaSearch`
-therefore keeps a :class:`~study.samplers.SamplerRecipe`, leaves the sampler out of whatever it
-pickles and rebuilds it on the way back; the study's trials (the sampler's history) pickle
-with the in-memory Optuna storage.
+The stack, outermost first (Tune adds a ``ConcurrencyLimiter`` above it when
+``max_concurrent_trials`` is set)::
+
+    DistinctOptunaSearch (a NanSafeSearcher)   the NaN policy
+      DistinctSearcher                         a configuration runs once
+        RebuildingOptunaSearch                 Ray's OptunaSearch, picklable
+
+:class:`NanSafeSearcher` and :class:`DistinctSearcher` are wrappers over Ray Tune's public
+``Searcher`` interface, the way Ray's own ``ConcurrencyLimiter`` and ``Repeater`` are: they
+hold the searcher they wrap in ``self.searcher``, talk to it only through ``suggest``,
+``on_trial_result``, ``on_trial_complete`` and ``set_search_properties``, keep their own state
+in ``get_state``/``set_state`` (what Tune's ``SearchGenerator`` saves for every wrapper in an
+experiment snapshot) and leave the wrapped searcher's to its own ``save``/``restore``.
+
+Only :class:`RebuildingOptunaSearch` touches Ray's internals (:data:`OPTUNA_SEARCH_INTERNALS`,
+tested with the Ray versions :data:`RAY_TESTED`), to fix its pickling: Ray Tune pickles the
+searcher when the Tuner starts, in every experiment snapshot (``save``) and on
+``Tuner.restore``. Ray's own ``save`` pickles ``__dict__``, sampler included, and Optuna 5.1's
+``NSGAIISampler`` holds a ``threading.Lock``. :class:`RebuildingOptunaSearch` therefore keeps a
+:class:`~study.samplers.SamplerRecipe`, leaves the sampler out of whatever it pickles and
+rebuilds it on the way back; the study's trials (the sampler's history) pickle with the
+in-memory Optuna storage.
 
 NaN: a NaN or missing objective reaches Optuna as its worst value.
 
@@ -14,13 +30,16 @@ result and calls ``optuna.Study.tell``; a NaN (or None) makes ``tell`` raise, Ra
 error as a warning and the Optuna trial stays RUNNING, so the sampler never learns from it.
 The same happens to a result that holds no objective at all (a trial stopped before its first
 report ends with Tune's auto-filled result): Ray tells ``[None, None, ...]`` as COMPLETE.
-This subclass only rewrites such results (policy: :mod:`study.objectives`) before handing them
-to Ray's own code, which stays in charge of everything else (FAIL on errors, PRUNED when
+:class:`NanSafeSearcher` only rewrites such results (policy: :mod:`study.objectives`) before
+handing them on; Ray's code stays in charge of everything else (FAIL on errors, PRUNED when
 nothing was measured, the bookkeeping of finished trials).
 
 A trial a scheduler (ASHA) stopped before its last epoch is told PRUNED, not COMPLETE with
 its early values: those measure an under-trained student, and in NSGA-II's population they
 would stand for the configuration as if trained to the end.
+
+The NaN policy sits above the distinct one so that :class:`DistinctSearcher` sees what the
+sampler is told (worst values, PRUNED), not what the trial reported.
 """
 
 from __future__ import annotations
@@ -28,18 +47,49 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import numbers
 import pickle
-from typing import Any, cast
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.objectives import sampler_substitutes
 from study.samplers import SamplerRecipe
 from trainables.metric_names import Direction
 
-__all__ = ["DistinctOptunaSearch", "NanSafeOptunaSearch", "RebuildingOptunaSearch"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "OPTUNA_SEARCH_INTERNALS",
+    "RAY_TESTED",
+    "DistinctOptunaSearch",
+    "DistinctSearcher",
+    "NanSafeOptunaSearch",
+    "NanSafeSearcher",
+    "RebuildingOptunaSearch",
+    "SearcherWrapper",
+    "optuna_study",
+]
 
 logger = logging.getLogger(__name__)
+
+#: The Ray versions (a ``packaging`` specifier) :class:`RebuildingOptunaSearch` is tested with:
+#: it relies on private attributes of Ray's ``OptunaSearch``. pyproject allows ``>=2.40,<3``;
+#: moving the lock outside this range means checking the adapter against the new Ray's
+#: ``ray/tune/search/optuna/optuna_search.py`` and widening this (tests/study/test_search.py).
+RAY_TESTED = ">=2.60,<2.61"
+
+#: The private attributes of Ray's ``OptunaSearch`` that :class:`RebuildingOptunaSearch` reads
+#: and writes: the sampler object, the Optuna study, and the Optuna trial of each Tune trial.
+OPTUNA_SEARCH_INTERNALS = ("_sampler", "_ot_study", "_ot_trials")
+
+
+# --- the adapter: the only class that touches Ray's internals ---------------------------------
 
 
 class RebuildingOptunaSearch(OptunaSearch):
@@ -47,6 +97,10 @@ class RebuildingOptunaSearch(OptunaSearch):
 
     Args:
         sampler: the recipe of the Optuna sampler; every other argument is Ray's.
+
+    Raises:
+        RuntimeError: the installed Ray's ``OptunaSearch`` lacks one of
+            :data:`OPTUNA_SEARCH_INTERNALS`.
     """
 
     def __init__(self, *, sampler: SamplerRecipe, **kwargs: Any) -> None:
@@ -57,6 +111,19 @@ class RebuildingOptunaSearch(OptunaSearch):
             )
         self.sampler_recipe = sampler
         super().__init__(sampler=sampler.build(), **kwargs)
+        missing = [name for name in OPTUNA_SEARCH_INTERNALS if not hasattr(self, name)]
+        if missing:
+            import ray
+
+            raise RuntimeError(
+                f"ray {ray.__version__}: OptunaSearch has no {', '.join(missing)}; "
+                f"study.search.RebuildingOptunaSearch is tested with ray{RAY_TESTED}"
+            )
+
+    @property
+    def study(self) -> optuna.Study | None:
+        """The Optuna study (None until metric, mode and space are known)."""
+        return cast("optuna.Study | None", self._ot_study)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -95,23 +162,111 @@ class RebuildingOptunaSearch(OptunaSearch):
             self.__setstate__(pickle.load(file))
 
 
-class NanSafeOptunaSearch(RebuildingOptunaSearch):
-    """``OptunaSearch`` that tells Optuna ``-inf``/``+inf`` for an objective a trial lacks.
+# --- wrappers over Ray Tune's public Searcher interface ---------------------------------------
 
-    Args:
-        iterations: reports (epochs) of a trial that runs to the end; a trial completed
-            with fewer was stopped early and is told PRUNED. None: never.
+
+class SearcherWrapper(Searcher):
+    """A ``Searcher`` that forwards everything to the searcher it wraps (``self.searcher``).
+
+    Tune's ``SearchGenerator`` walks the ``searcher`` attributes down to the base searcher: it
+    saves each wrapper's :meth:`get_state` and the base searcher's own ``save``. A wrapper's
+    state is its ``__dict__`` without the wrapped searcher. :meth:`save` and :meth:`restore`
+    (a wrapper saved on its own, e.g. ``save_to_dir``) keep both in one file.
     """
 
-    def __init__(self, *, iterations: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, searcher: Searcher) -> None:
+        if not isinstance(searcher, Searcher):
+            raise TypeError(
+                f"searcher: must be a ray.tune.search.Searcher, got {type(searcher).__name__}"
+            )
+        self.searcher = searcher
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    # The wrapped searcher's, always: set_search_properties may set them after __init__.
+    @property
+    def metric(self) -> Any:
+        return self.searcher.metric
+
+    @property
+    def mode(self) -> Any:
+        return self.searcher.mode
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return bool(self.searcher.set_search_properties(metric, mode, config, **spec))
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return bool(self.searcher.set_max_concurrency(max_concurrent))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return cast("dict[str, Any] | None", self.searcher.suggest(trial_id))
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def add_evaluated_point(
+        self,
+        parameters: dict[str, Any],
+        value: float,
+        error: bool = False,
+        pruned: bool = False,
+        intermediate_values: list[float] | None = None,
+    ) -> None:
+        self.searcher.add_evaluated_point(parameters, value, error, pruned, intermediate_values)
+
+    def get_state(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["searcher"]
+        return copy.deepcopy(state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            inner = Path(tmp) / "searcher.pkl"
+            self.searcher.save(str(inner))
+            saved = {"state": self.get_state(), "searcher": inner.read_bytes()}
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(saved, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            saved = pickle.load(file)
+        with tempfile.TemporaryDirectory() as tmp:
+            inner = Path(tmp) / "searcher.pkl"
+            inner.write_bytes(saved["searcher"])
+            self.searcher.restore(str(inner))
+        self.set_state(saved["state"])
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+class NanSafeSearcher(SearcherWrapper):
+    """Tells the wrapped searcher ``-inf``/``+inf`` for an objective a trial lacks.
+
+    Args:
+        searcher: the searcher told the rewritten results.
+        iterations: reports (epochs) of a trial that runs to the end; a trial completed
+            with fewer was stopped early and is told PRUNED (no result). None: never.
+    """
+
+    def __init__(self, searcher: Searcher, *, iterations: int | None = None) -> None:
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations: must be a positive integer or None, got {iterations}")
+        super().__init__(searcher)
         self.iterations = iterations
 
     def _objectives(self) -> dict[str, Direction]:
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        metrics, modes = _as_list(self.metric), _as_list(self.mode)
         return {str(m): cast(Direction, d) for m, d in zip(metrics, modes, strict=True)}
 
     def on_trial_complete(
@@ -140,70 +295,137 @@ class NanSafeOptunaSearch(RebuildingOptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-class DistinctOptunaSearch(NanSafeOptunaSearch):
-    """``NanSafeOptunaSearch`` that does not spend a trial on a configuration it has run.
+class DistinctSearcher(SearcherWrapper):
+    """Does not spend a trial on a configuration it has run.
 
     Why: on small discrete spaces (``matching: none`` has only ``student_width`` left) NSGA-II's
     crossover and mutation often hand back a parent exactly; the demo lost two or three of its
     twelve trials to repeats. A repeat of a finished trial is told the earlier trial's values
     at once (the sampler learns nothing new, which is the truth, and moves on), a repeat of a
-    trial still running is told FAIL, and Optuna is asked again, up to ``max_retries`` times;
-    after that the repeat runs (the space may be exhausted).
+    trial still running is told FAIL, and the wrapped searcher is asked again, up to
+    ``max_retries`` times; after that the repeat runs (the space may be exhausted).
+
+    Each ask is a trial of its own to the wrapped searcher: Tune's trial id for the first,
+    ``<id>#<n>`` for the n-th ask again. A finished trial counts when the wrapped searcher was
+    told values for every objective (not PRUNED, not FAIL, no NaN): what Ray's ``OptunaSearch``
+    tells Optuna as COMPLETE. Put it below :class:`NanSafeSearcher`, which turns what a trial
+    reported into what the sampler is told.
     """
 
-    def __init__(self, *, max_retries: int = 20, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, searcher: Searcher, *, max_retries: int = 20) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries: must be an integer >= 0, got {max_retries}")
+        super().__init__(searcher)
         self.max_retries = max_retries
-        self._finished_values: dict[str, list[float]] = {}
+        self._finished_values: dict[str, list[float]] = {}  # configuration key -> values told
         self._running: dict[str, str] = {}  # configuration key -> trial id
+        self._suggested: dict[str, tuple[str, str]] = {}  # trial id -> (inner trial id, key)
 
     @property
-    def _study(self) -> Any:
-        """Ray's Optuna study (set up once metric, mode and space are known)."""
-        if self._ot_study is None:
-            raise RuntimeError("the Optuna study is not set up yet (no search space given)")
-        return self._ot_study
+    def finished_values(self) -> dict[str, list[float]]:
+        """The values told for each finished configuration (its key: sorted JSON)."""
+        return self._finished_values
 
     @staticmethod
-    def _key(params: dict[str, Any]) -> str:
-        return json.dumps(params, sort_keys=True, default=str)
+    def _key(config: dict[str, Any]) -> str:
+        return json.dumps(config, sort_keys=True, default=str)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        from optuna.trial import TrialState
-
-        config = super().suggest(trial_id)
-        for _ in range(self.max_retries):
+        inner_id = trial_id
+        config = self.searcher.suggest(inner_id)
+        for retry in range(1, self.max_retries + 1):
             if not isinstance(config, dict):
-                return config
-            key = self._key(self._ot_trials[trial_id].params)
+                return cast("dict[str, Any] | None", config)
+            key = self._key(config)
             earlier = self._finished_values.get(key)
             if earlier is None and key not in self._running:
                 break
-            repeat = self._ot_trials.pop(trial_id)
             if earlier is not None:
-                self._study.tell(repeat, earlier)
+                told = dict(zip(_as_list(self.metric), earlier, strict=True))
+                self.searcher.on_trial_complete(inner_id, result=told)
             else:
-                self._study.tell(repeat, state=TrialState.FAIL)
+                self.searcher.on_trial_complete(inner_id, result=None, error=True)
             logger.info("trial %s: skipped a repeat of %s", trial_id, key)
-            config = super().suggest(trial_id)
+            inner_id = f"{trial_id}#{retry}"
+            config = self.searcher.suggest(inner_id)
         if isinstance(config, dict):
-            self._running[self._key(self._ot_trials[trial_id].params)] = trial_id
-        return config
+            key = self._key(config)
+            self._running[key] = trial_id
+            self._suggested[trial_id] = (inner_id, key)
+        return cast("dict[str, Any] | None", config)
+
+    def _inner_id(self, trial_id: str) -> str:
+        return self._suggested[trial_id][0] if trial_id in self._suggested else trial_id
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.searcher.on_trial_result(self._inner_id(trial_id), result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        from optuna.trial import TrialState
-
-        ot_trial = self._ot_trials.get(trial_id)
-        super().on_trial_complete(trial_id, result=result, error=error)
-        if ot_trial is None:
+        self.searcher.on_trial_complete(self._inner_id(trial_id), result=result, error=error)
+        if trial_id not in self._suggested:
             return
-        key = self._key(ot_trial.params)
+        _, key = self._suggested.pop(trial_id)
         if self._running.get(key) == trial_id:
             del self._running[key]
-        frozen = self._study.trials[ot_trial.number]
-        if frozen.state == TrialState.COMPLETE and frozen.values is not None:
-            self._finished_values[key] = list(frozen.values)
+        values = [None if not result else result.get(m) for m in _as_list(self.metric)]
+        if all(isinstance(v, numbers.Real) and not math.isnan(v) for v in values):
+            self._finished_values[key] = [float(cast(float, v)) for v in values]
+
+
+# --- apc's stacks ----------------------------------------------------------------------------
+
+
+class NanSafeOptunaSearch(NanSafeSearcher):
+    """``NanSafeSearcher(RebuildingOptunaSearch(...))``.
+
+    Args:
+        iterations: see :class:`NanSafeSearcher`; every other argument is
+            :class:`RebuildingOptunaSearch`'s.
+    """
+
+    def __init__(self, *, iterations: int | None = None, **kwargs: Any) -> None:
+        super().__init__(RebuildingOptunaSearch(**kwargs), iterations=iterations)
+
+
+class DistinctOptunaSearch(NanSafeSearcher):
+    """apc's searcher: ``NanSafeSearcher(DistinctSearcher(RebuildingOptunaSearch(...)))``.
+
+    Args:
+        iterations: see :class:`NanSafeSearcher`.
+        max_retries: see :class:`DistinctSearcher`; every other argument is
+            :class:`RebuildingOptunaSearch`'s.
+    """
+
+    def __init__(
+        self, *, iterations: int | None = None, max_retries: int = 20, **kwargs: Any
+    ) -> None:
+        distinct = DistinctSearcher(RebuildingOptunaSearch(**kwargs), max_retries=max_retries)
+        super().__init__(distinct, iterations=iterations)
+
+    @property
+    def _finished_values(self) -> dict[str, list[float]]:
+        """The distinct layer's record (see :attr:`DistinctSearcher.finished_values`)."""
+        distinct = self.searcher
+        assert isinstance(distinct, DistinctSearcher)
+        return distinct.finished_values
+
+
+def optuna_study(searcher: object) -> optuna.Study:
+    """The Optuna study at the bottom of a stack of wrappers (``searcher`` attributes), Tune's
+    ``SearchGenerator`` and ``ConcurrencyLimiter`` included.
+
+    Raises:
+        TypeError: the stack has no :class:`RebuildingOptunaSearch` at the bottom.
+        RuntimeError: its study is not set up yet (no search space given).
+    """
+    base = searcher
+    while (inner := getattr(base, "searcher", None)) is not None:  # as Tune's SearchGenerator
+        base = inner
+    if not isinstance(base, RebuildingOptunaSearch):
+        raise TypeError(f"searcher: no RebuildingOptunaSearch at the bottom, got {type(base)}")
+    study = base.study
+    if study is None:
+        raise RuntimeError("the Optuna study is not set up yet (no search space given)")
+    return study

@@ -1,6 +1,6 @@
 """NaN or missing objectives reach Optuna as their worst value and are tagged in MLflow.
 
-Real Ray ``OptunaSearch`` (our subclass), real Optuna studies and a real SQLite MLflow store;
+Real Ray ``OptunaSearch`` (under apc's wrappers), real Optuna studies, a real SQLite MLflow store;
 the searcher is driven through the calls Ray's controller makes (``suggest``, then
 ``on_trial_complete``), which need no running Ray.
 """
@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text, worst_value
 from study.presets import DEMO_SPEC
 from study.runner import sampler_recipe
-from study.search import NanSafeOptunaSearch, RebuildingOptunaSearch
+from study.search import NanSafeOptunaSearch, optuna_study
 from study.spec import Spec, load_spec
 from study.tracking import StudyTracker, tune_callback
 
@@ -31,11 +33,11 @@ def _spec(*overrides: str) -> Spec:
     return load_spec(DEMO_SPEC, overrides=overrides)
 
 
-def _searcher(spec: Spec, cls: type[OptunaSearch] = NanSafeOptunaSearch) -> OptunaSearch:
+def _searcher(spec: Spec, cls: Callable[..., Searcher] = NanSafeOptunaSearch) -> Searcher:
     """The searcher as the runner builds it (the spec's space, objectives and sampler)."""
     recipe = sampler_recipe(spec)
     # Ray's own OptunaSearch takes a sampler object; apc's searchers take its recipe.
-    sampler: Any = recipe if issubclass(cls, RebuildingOptunaSearch) else recipe.build()
+    sampler: Any = recipe.build() if cls is OptunaSearch else recipe
     return cls(
         space=spec.search_space.define_by_run,
         metric=list(spec.objectives),
@@ -44,8 +46,9 @@ def _searcher(spec: Spec, cls: type[OptunaSearch] = NanSafeOptunaSearch) -> Optu
     )
 
 
-def _study(searcher: OptunaSearch) -> optuna.Study:
-    study = searcher._ot_study
+def _study(searcher: Searcher) -> optuna.Study:
+    # Ray's own OptunaSearch (the upstream behaviour pinned below) keeps its study private.
+    study = searcher._ot_study if type(searcher) is OptunaSearch else optuna_study(searcher)
     assert isinstance(study, optuna.Study)
     return study
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from study.presets import DEMO_SPEC
 from study.runner import build_searcher
 from study.samplers import SAMPLERS, SamplerRecipe
-from study.search import DistinctOptunaSearch
+from study.search import DistinctOptunaSearch, optuna_study
 from study.spec import load_spec
 
 
@@ -30,7 +30,7 @@ def _searcher(**kwargs: Any) -> DistinctOptunaSearch:
 
 
 def _study(searcher: DistinctOptunaSearch) -> optuna.Study:
-    study = searcher._ot_study
+    study = optuna_study(searcher)
     assert isinstance(study, optuna.Study)
     return study
 
