@@ -28,6 +28,7 @@ from analysis.pies import (
     pie_summary,
     population_pies,
 )
+from analysis.record import StudyRecord, load_study_record
 from analysis.report import (
     NoFinishedTrialsError,
     Report,
@@ -60,6 +61,7 @@ __all__ = [
     "Report",
     "ReportRow",
     "RunsQueryError",
+    "StudyRecord",
     "TrackingStoreError",
     "UnknownStudyError",
     "default_reference",
@@ -67,6 +69,7 @@ __all__ = [
     "hypervolume",
     "hypervolume_history",
     "load_per_sample",
+    "load_study_record",
     "load_trials",
     "log_report",
     "metric_columns",

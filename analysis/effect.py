@@ -3,29 +3,25 @@
 A study's ``enqueue`` list holds the settings a user wants measured for sure, e.g. the
 paper's naive / EWA / SWA / SSWA at a paper-like beta. This table puts each one's final
 metrics (accuracy, attribution against the masks, attribution against the teacher) under the
-teacher's, read from MLflow: the parent run's ``enqueue`` param says which settings were
-enqueued, and the first trial whose params equal a setting is its row.
+teacher's, read from MLflow (:class:`analysis.record.StudyRecord`): the study's spec says which
+settings were enqueued, and the first trial whose params equal a setting is its row.
 
 MLflow is imported when ``effect_table`` is called, not when this module is.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from analysis.runs import UnknownStudyError
+from analysis.record import StudyRecord, load_study_record
 
-__all__ = ["EFFECT_METRICS", "EffectRow", "effect_table", "render_effect_table"]
+__all__ = ["EFFECT_METRICS", "EffectRow", "effect_rows", "effect_table", "render_effect_table"]
 
-#: The columns of the paper's tables (design.md, "MLflow layout" names).
+#: The columns of the paper's tables (docs/design.md#metric-names).
 EFFECT_METRICS: Final[tuple[str, ...]] = ("map", "attr_auc", "point_acc", "attr_cos", "attr_l2")
-
-_ROLE: Final = "apc.role"
-_PARENT: Final = "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)
@@ -56,25 +52,15 @@ def effect_table(
         parent_run_id: the study run to read (default: the latest one of the experiment).
 
     Raises:
-        UnknownStudyError: no experiment or no study run of that name.
+        UnknownStudyError: no experiment or no study run of that name
+            (:func:`analysis.record.load_study_record`).
     """
-    from mlflow.tracking import MlflowClient
+    record = load_study_record(study, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+    return effect_rows(record)
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(study)
-    if experiment is None:
-        raise UnknownStudyError(f"study {study!r}: no such experiment in {tracking_uri}")
-    runs = client.search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000
-    )
-    parents = [r for r in runs if r.data.tags.get(_ROLE) == "study"]
-    if parent_run_id is not None:
-        parents = [r for r in parents if r.info.run_id == parent_run_id]
-    if not parents:
-        raise UnknownStudyError(f"study {study!r}: no study run in {tracking_uri}")
-    parent = parents[-1]
-    children = [r for r in runs if r.data.tags.get(_PARENT) == parent.info.run_id]
-    enqueued: Sequence[Mapping[str, Any]] = json.loads(parent.data.params.get("enqueue", "[]"))
+
+def effect_rows(record: StudyRecord) -> list[EffectRow]:
+    """The teacher and the enqueued settings of a study ``record`` with their final metrics."""
 
     def row(setting: str, run: Any | None) -> EffectRow:
         if run is None:
@@ -84,11 +70,9 @@ def effect_table(
         }
         return EffectRow(setting, run.info.run_id, metrics)
 
-    teacher = next((r for r in children if r.data.tags.get(_ROLE) == "teacher"), None)
-    trials = [r for r in children if r.data.tags.get(_ROLE) == "trial"]
-    rows = [row("teacher", teacher)]
-    for point in enqueued:
-        run = next((r for r in trials if _matches(point, r.data.params)), None)
+    rows = [row("teacher", record.teacher)]
+    for point in record.enqueued:
+        run = next((r for r in record.trials if _matches(point, r.data.params)), None)
         rows.append(row(_label(point), run))
     return rows
 

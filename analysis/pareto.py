@@ -15,15 +15,15 @@ O(n^2) (everything on the front; 20,000 such rows take seconds).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal, cast
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-__all__ = ["Direction", "ObjectivesError", "pareto_front", "pareto_mask", "parse_objectives"]
+from trainables.metric_names import Direction
 
-Direction = Literal["min", "max"]
+__all__ = ["Direction", "ObjectivesError", "pareto_front", "pareto_mask", "parse_objectives"]
 
 #: Upper bound on the booleans one block of the pairwise comparison holds at once.
 _BLOCK_ELEMENTS: Final = 1 << 22

@@ -26,13 +26,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from analysis.layout import PER_SAMPLE_ARTIFACT
+from analysis.runs import tracking_client
 from trainables.metric_names import ATTRIBUTION_METHOD_NAMES, ATTRIBUTION_METRICS, method_metric
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "PER_SAMPLE_ARTIFACT",
@@ -44,8 +49,6 @@ __all__ = [
     "population_pies",
 ]
 
-#: Where a trial run keeps its per-sample table (``trainables.trial_artifacts``).
-PER_SAMPLE_ARTIFACT: Final = "evaluation/per_sample.parquet"
 #: Statistic -> the per-sample column it averages (in % for the boolean ones).
 PIE_STATISTICS: Final[dict[str, str]] = {
     "accuracy": "correct",
@@ -195,13 +198,19 @@ def _aligned(labels: list[Label], source: pa.Table, target: pa.Table) -> list[La
         ) from None
 
 
-def load_per_sample(tracking_uri: str, run_id: str) -> pa.Table | None:
-    """The per-sample table of trial run ``run_id``, or None when the run has none."""
+def load_per_sample(
+    tracking_uri: str, run_id: str, *, client: MlflowClient | None = None
+) -> pa.Table | None:
+    """The per-sample table of trial run ``run_id``, or None when the run has none.
+
+    ``client``: one already open on ``tracking_uri`` (a reader's
+    :attr:`analysis.record.StudyRecord.client`), so that reading many runs opens none.
+    """
     import pyarrow.parquet as pq
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    if client is None:
+        client = tracking_client(tracking_uri)
     folder, _, name = PER_SAMPLE_ARTIFACT.partition("/")
     if name not in [Path(a.path).name for a in client.list_artifacts(run_id, folder)]:
         return None

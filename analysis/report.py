@@ -1,4 +1,4 @@
-"""``apc report``: a study's paper-style table and plots, from MLflow (design.md, "Commands").
+"""``apc report``: a study's paper-style table and plots, from MLflow (docs/design.md#apc-report).
 
 What one report holds, for the newest study run of a study (its parent run) and the trial runs
 nested under it:
@@ -10,8 +10,9 @@ nested under it:
   kind with the best ``map`` (ties: the one that started first). Columns: ``REPORT_METRICS``
   (last epoch). The Markdown rounds (``%`` metrics to 0.1, map distances and similarities to
   0.001, params to a unit); the CSV holds the values as MLflow stores them.
-- ``pareto_matrix.png``: every pair of the study's objectives (its parent run's
-  ``objectives.*`` params, else ``DEFAULT_OBJECTIVES``) over the FINISHED trials, the Pareto
+- ``pareto_matrix.png``: every pair of the study's objectives (its spec's, as
+  ``analysis.record.StudyRecord.objectives`` reads them; ``DEFAULT_OBJECTIVES`` when it names
+  none) over the FINISHED trials, the Pareto
   front (``analysis.pareto.pareto_front``) highlighted; histograms on the diagonal.
 - ``hypervolume.png``: the hypervolume of the FINISHED trials over the trials in start order
   (``analysis.hypervolume.hypervolume_history``; trials that did not finish count as started
@@ -38,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,11 +50,20 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.effect import effect_table
+from analysis.effect import effect_rows
 from analysis.hypervolume import default_reference, hypervolume_history
-from analysis.pareto import Direction, pareto_front
+from analysis.layout import (
+    DEFAULT_OBJECTIVES,
+    MAPS_ARTIFACT,
+    REPORT_DIR,
+    SETTING_PARAMS,
+    Direction,
+    parent_filter,
+)
+from analysis.pareto import pareto_front
 from analysis.pies import PieSummary, load_per_sample, pie_summary
-from analysis.runs import KIND, NAME, RunsQueryError, load_trials
+from analysis.record import StudyRecord, load_study_record, objectives_of_params
+from analysis.runs import KIND, NAME, RunsQueryError, load_trials, tracking_client
 from trainables.metric_names import (
     ATTRIBUTION_METHOD_LABELS,
     ATTRIBUTION_METHOD_NAMES,
@@ -66,6 +75,7 @@ from trainables.metric_names import (
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -90,7 +100,7 @@ __all__ = [
     "write_report",
 ]
 
-#: The table's metric columns (design.md, "MLflow layout" names), in order.
+#: The table's metric columns (docs/design.md#metric-names), in order.
 REPORT_METRICS: Final[tuple[str, ...]] = (
     "map", "f1", "attr_auc", "point_acc", "attr_cos", "attr_l2", "params",
 )  # fmt: skip
@@ -101,10 +111,8 @@ MATCHING_KINDS: Final[dict[str, str]] = {
     "swa": "SWA",
     "sswa": "SSWA",
 }
-#: The objectives of a study whose parent run names none (the spec's default).
-DEFAULT_OBJECTIVES: Final[dict[str, Direction]] = {"map": "max", "attr_auc": "max", "params": "min"}
-#: Where the report goes in the parent run's artifacts.
-ARTIFACT_DIR: Final = "report"
+#: Where the report goes in the parent run's artifacts (``analysis.layout.REPORT_DIR``).
+ARTIFACT_DIR: Final = REPORT_DIR
 #: The files of a report, in the order they are written.
 REPORT_FILES: Final[tuple[str, ...]] = (
     "report.md", "report.csv", "pareto_matrix.png", "hypervolume.png", "metrics_vs_beta.png",
@@ -113,15 +121,8 @@ REPORT_FILES: Final[tuple[str, ...]] = (
 #: Files written only when the table's trials logged what they need (per-sample results,
 #: overlay maps: ``trainables.trial_artifacts``).
 OPTIONAL_FILES: Final = frozenset({"pies.csv", "attribution_overlays.png"})
-#: The overlay maps of a trial run (``trainables.overlays.MAPS_FILE`` under ``attributions/``).
-MAPS_ARTIFACT: Final = "attributions/attribution_maps.npz"
 #: PIE statistics shown in the Markdown (all of them go to pies.csv).
 _PIE_SHOWN: Final = ("accuracy", "teacher_accuracy", "attr_auc", "attr_cos")
-
-#: The params that tell one setting of a kind from another (study.tracking.SEARCHED_PARAMS).
-_SETTING_PARAMS: Final = (
-    "mode", "beta", "drop_p", "prune_rate", "student_width", "calibration_size", "observer",
-)  # fmt: skip
 _CSV_COLUMNS: Final = ("method", "row", "chosen", "setting", "trial", "run_id", *REPORT_METRICS)
 _MD_COLUMNS: Final = ("method", "row", "setting", "chosen", "trial", *REPORT_METRICS)
 _PERCENT: Final = frozenset({"map", "f1", "attr_auc", "point_acc"})
@@ -174,20 +175,11 @@ class Report:
     table: str
 
 
-def parent_filter(parent_run_id: str) -> str:
-    """The ``load_trials`` filter that keeps the trial runs nested under ``parent_run_id``."""
-    return f"tags.mlflow.parentRunId = '{parent_run_id}'"
-
-
 def study_objectives(parent_params: Mapping[str, str]) -> dict[str, Direction]:
     """The study's objectives from its parent run's ``objectives.<metric>`` params, in the
-    order MLflow gives them; ``DEFAULT_OBJECTIVES`` when there are none."""
-    objectives: dict[str, Direction] = {}
-    for key, value in parent_params.items():
-        name = key.removeprefix("objectives.")
-        if key.startswith("objectives.") and name and value in ("min", "max"):
-            objectives[name] = "min" if value == "min" else "max"
-    return objectives or dict(DEFAULT_OBJECTIVES)
+    order MLflow gives them; ``DEFAULT_OBJECTIVES`` when there are none (what a report uses
+    when the study run holds no effective spec, ``StudyRecord.objectives``)."""
+    return objectives_of_params(parent_params)
 
 
 # The table.
@@ -199,21 +191,22 @@ def report_rows(
     """The table's rows: per method (first-seen order), the teacher then each matching kind.
 
     ``trials`` is ``load_trials(tracking_uri, study, filter_string=parent_filter(...))``.
-    The enqueued settings come from the parent run's ``enqueue`` param through
-    ``effect_table``; a kind's first enqueued setting whose trial FINISHED is its row,
-    else the kind's FINISHED trial with the best ``map``.
+    The enqueued settings come from the study's spec through ``effect_rows``; a kind's first
+    enqueued setting whose trial FINISHED is its row, else the kind's FINISHED trial with the
+    best ``map``.
     """
-    from mlflow.tracking import MlflowClient
+    record = load_study_record(study, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+    return _rows(record, trials)
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    parent = client.get_run(parent_run_id)
-    effect = effect_table(tracking_uri, study, parent_run_id=parent_run_id)
-    enqueued: list[Mapping[str, Any]] = json.loads(parent.data.params.get("enqueue", "[]"))
+
+def _rows(record: StudyRecord, trials: pa.Table) -> list[ReportRow]:
+    effect = effect_rows(record)
+    enqueued = record.enqueued
     teacher_id = effect[0].run_id
     teacher_metrics: dict[str, float] = {}
     teacher_setting = ""
-    if teacher_id is not None:
-        teacher = client.get_run(teacher_id)
+    teacher = record.teacher
+    if teacher is not None:
         teacher_metrics = {
             name: float(teacher.data.metrics[name])
             for name in METRICS
@@ -226,7 +219,7 @@ def report_rows(
 
     records = trials.to_pylist()
     index = {str(r["run_id"]): i for i, r in enumerate(records)}
-    methods = _methods(records, parent.data.params.get("method", "-"))
+    methods = _methods(records, record.method)
     rows: list[ReportRow] = []
     for method in methods:
         rows.append(
@@ -297,7 +290,7 @@ def _kind_row(
 def _trial_row(method: str, name: str, chosen: str, record: Mapping[str, Any]) -> ReportRow:
     setting = ", ".join(
         f"{key}={_param_text(record[key])}"
-        for key in _SETTING_PARAMS
+        for key in SETTING_PARAMS
         if record.get(key) is not None and not _nan(record[key])
     )
     metrics = {m: float(record[m]) for m in METRICS if isinstance(record.get(m), float)}
@@ -413,13 +406,18 @@ def render_method_tables(rows: Sequence[ReportRow]) -> str:
 # PIEs and overlays: from the trials' artifacts.
 
 
-def pie_rows(tracking_uri: str, rows: Sequence[ReportRow]) -> list[tuple[ReportRow, PieSummary]]:
-    """The PIE summary of each trial row whose run logged per-sample results."""
+def pie_rows(
+    tracking_uri: str, rows: Sequence[ReportRow], *, client: MlflowClient | None = None
+) -> list[tuple[ReportRow, PieSummary]]:
+    """The PIE summary of each trial row whose run logged per-sample results (``client``: one
+    open on ``tracking_uri``, e.g. a ``StudyRecord``'s)."""
+    if client is None:
+        client = tracking_client(tracking_uri)
     found = []
     for r in rows:
         if r.row == "teacher" or r.run_id is None:
             continue
-        table = load_per_sample(tracking_uri, r.run_id)
+        table = load_per_sample(tracking_uri, r.run_id, client=client)
         if table is not None:
             found.append((r, pie_summary(table)))
     return found
@@ -470,7 +468,12 @@ def render_pies_csv(pies: Sequence[tuple[ReportRow, PieSummary]]) -> str:
 
 
 def plot_overlays(
-    tracking_uri: str, rows: Sequence[ReportRow], path: Path, *, title: str
+    tracking_uri: str,
+    rows: Sequence[ReportRow],
+    path: Path,
+    *,
+    title: str,
+    client: MlflowClient | None = None,
 ) -> list[str]:
     """Teacher-vs-student overlays of the trial rows side by side, on the same images.
 
@@ -480,11 +483,10 @@ def plot_overlays(
     """
     import tempfile
 
-    from mlflow.tracking import MlflowClient
-
     from trainables.overlays import OverlayMaps, draw_overlays, load_overlay_maps
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    if client is None:
+        client = tracking_client(tracking_uri)
     several = len({r.method for r in rows}) > 1
     base: OverlayMaps | None = None
     columns: list[tuple[str, npt.NDArray[np.float32]]] = []
@@ -801,14 +803,25 @@ def write_report(
     parent_run_id: str,
     folder: Path,
     trials: pa.Table | None = None,
+    record: StudyRecord | None = None,
 ) -> Report:
     """Build the report of the study run ``parent_run_id`` into ``folder`` (created).
 
-    ``trials`` is the ``load_trials`` table of that run's trials (loaded when None).
+    ``trials`` is the ``load_trials`` table of that run's trials (loaded when None);
+    ``record`` the study as :func:`analysis.record.load_study_record` read it for that run
+    (read when None), whose client fetches everything else.
     Raises ``NoFinishedTrialsError`` before writing anything when no trial FINISHED.
     """
+    if record is not None and record.parent_run_id != parent_run_id:
+        raise ValueError(
+            f"record: must be of study run {parent_run_id}, got {record.parent_run_id}"
+        )
     if trials is None:
-        trials = load_trials(tracking_uri, study, filter_string=parent_filter(parent_run_id))
+        trials = (
+            record.table()
+            if record is not None
+            else load_trials(tracking_uri, study, filter_string=parent_filter(parent_run_id))
+        )
     finished = trials.filter(pc.equal(trials.column("status"), _FINISHED))
     if finished.num_rows == 0:
         counts: dict[str, int] = {}
@@ -819,22 +832,21 @@ def write_report(
             f"study {study!r}: no FINISHED trial under its study run {parent_run_id} to report "
             f"on (trial runs: {seen})"
         )
-    from mlflow.tracking import MlflowClient
-
-    parent = MlflowClient(tracking_uri=tracking_uri).get_run(parent_run_id)
-    objectives = study_objectives(parent.data.params)
-    rows = report_rows(tracking_uri, study, parent_run_id=parent_run_id, trials=trials)
+    if record is None:
+        record = load_study_record(study, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+    objectives = record.objectives
+    rows = _rows(record, trials)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / name for name in REPORT_FILES}
     front = plot_pareto_matrix(finished, objectives, paths["pareto_matrix.png"], title=study)
     history, reference = plot_hypervolume(trials, objectives, paths["hypervolume.png"], title=study)
     plot_metrics_vs_beta(finished, rows, paths["metrics_vs_beta.png"], title=study)
-    pies = pie_rows(tracking_uri, rows)
+    pies = pie_rows(tracking_uri, rows, client=record.client)
     if pies:
         paths["pies.csv"].write_text(render_pies_csv(pies), "utf-8")
     drawn = plot_overlays(
         tracking_uri, rows, paths["attribution_overlays.png"],
-        title=f"{study}: Grad-CAM of the teacher's top-1 class",
+        title=f"{study}: Grad-CAM of the teacher's top-1 class", client=record.client,
     )  # fmt: skip
     written = [
         name for name in REPORT_FILES
@@ -924,11 +936,13 @@ def _further_sections(
     return lines
 
 
-def log_report(tracking_uri: str, report: Report) -> str:
-    """Log the report's files to its study run under ``report/``; returns their artifact URI."""
-    from mlflow.tracking import MlflowClient
+def log_report(tracking_uri: str, report: Report, *, client: MlflowClient | None = None) -> str:
+    """Log the report's files to its study run under ``report/``; returns their artifact URI.
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    ``client``: one open on ``tracking_uri`` (e.g. the ``StudyRecord``'s the report read).
+    """
+    if client is None:
+        client = tracking_client(tracking_uri)
     for path in report.files:
         client.log_artifact(report.parent_run_id, str(path), ARTIFACT_DIR)
     run = client.get_run(report.parent_run_id)

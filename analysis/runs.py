@@ -1,4 +1,4 @@
-"""Read a study's trial runs back from MLflow as one Arrow table (design.md, "MLflow layout").
+"""Read a study's trial runs back from MLflow as one Arrow table (docs/design.md#mlflow-layout).
 
 One row per trial run (tag ``apc.role=trial``) of the experiment named after the study; the
 columns are ``run_id``, ``trial`` (the run name: the Ray trial id), ``status``, then every param
@@ -23,7 +23,10 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
+from analysis.layout import COLUMN_KIND_KEY, COLUMN_NAME_KEY, TRIAL_FILTER
+
 if TYPE_CHECKING:
+    from mlflow.entities import Experiment
     from mlflow.tracking import MlflowClient
 
 __all__ = [
@@ -36,16 +39,18 @@ __all__ = [
     "load_trials",
     "metric_columns",
     "param_columns",
+    "study_experiment",
+    "tracking_client",
+    "trial_runs",
+    "trials_table",
 ]
-
-#: MLflow filter that selects the trial runs of a study's experiment.
-TRIAL_FILTER: Final = "tags.\"apc.role\" = 'trial'"
 
 #: Runs fetched per ``search_runs`` call (MLflow's own default page size).
 PAGE_SIZE = 1000
 
-KIND: Final = b"apc.kind"
-NAME: Final = b"apc.name"
+#: Field metadata keys (:data:`analysis.layout.COLUMN_KIND_KEY` and ``COLUMN_NAME_KEY``).
+KIND: Final = COLUMN_KIND_KEY
+NAME: Final = COLUMN_NAME_KEY
 _RUN_COLUMNS: Final = ("run_id", "trial", "study", "status")
 _ORDER_BY: Final = ["attributes.start_time ASC", "attributes.run_name ASC", "attributes.run_id ASC"]
 
@@ -83,8 +88,9 @@ def load_trials(tracking_uri: str, study: str, *, filter_string: str | None = No
     ``BadFilterError`` when MLflow rejects the filter and ``TrackingStoreError`` when the URI
     names no usable store; a local SQLite or file store that does not exist is never created.
     """
-    client = _client(tracking_uri)
-    return _table(_trial_runs(client, tracking_uri, study, filter_string))
+    client = tracking_client(tracking_uri)
+    experiment = study_experiment(client, tracking_uri, study)
+    return trials_table(trial_runs(client, experiment, filter_string=filter_string))
 
 
 def load_studies(
@@ -98,17 +104,23 @@ def load_studies(
     """
     if not studies:
         raise ValueError("studies: must name at least one study, got none")
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     runs: list[Any] = []
     names: list[str] = []
     for study in dict.fromkeys(studies):
-        found = _trial_runs(client, tracking_uri, study, filter_string)
+        experiment = study_experiment(client, tracking_uri, study)
+        found = trial_runs(client, experiment, filter_string=filter_string)
         runs += found
         names += [study] * len(found)
-    return _table(runs, studies=names if len(set(studies)) > 1 else None)
+    return trials_table(runs, studies=names if len(set(studies)) > 1 else None)
 
 
-def _client(tracking_uri: str) -> MlflowClient:
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """The one ``MlflowClient`` a reader needs for ``tracking_uri``.
+
+    A local SQLite or file store that does not exist raises ``TrackingStoreError`` instead of
+    being created: a mistyped URI must not leave an empty store behind.
+    """
     from mlflow.tracking import MlflowClient
 
     missing = _missing_local_store(tracking_uri)
@@ -125,9 +137,12 @@ def _client(tracking_uri: str) -> MlflowClient:
         raise TrackingStoreError(f"tracking URI {tracking_uri!r}: {message}") from None
 
 
-def _trial_runs(
-    client: MlflowClient, tracking_uri: str, study: str, filter_string: str | None
-) -> list[Any]:
+def study_experiment(client: MlflowClient, tracking_uri: str, study: str) -> Experiment:
+    """The active experiment named ``study``.
+
+    Raises ``UnknownStudyError`` (naming the studies there are) when there is none, or it is
+    deleted, and ``TrackingStoreError`` when the store does not answer as an MLflow store.
+    """
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
@@ -147,6 +162,19 @@ def _trial_runs(
             f"{tracking_uri}; restore it with `mlflow experiments restore "
             f"--experiment-id {experiment.experiment_id}`"
         )
+    return experiment
+
+
+def trial_runs(
+    client: MlflowClient, experiment: Experiment, *, filter_string: str | None = None
+) -> list[Any]:
+    """The active trial runs of ``experiment`` in start order, ``filter_string`` AND-ed.
+
+    Raises ``BadFilterError`` when MLflow rejects ``filter_string``.
+    """
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
     user = (filter_string or "").strip()
     where = f"{TRIAL_FILTER} AND {user}" if user else TRIAL_FILTER
     runs: list[Any] = []
@@ -186,7 +214,9 @@ def _columns_of_kind(table: pa.Table, kind: bytes) -> list[str]:
     return [f.name for f in table.schema if f.metadata is not None and f.metadata.get(KIND) == kind]
 
 
-def _table(runs: list[Any], *, studies: list[str] | None = None) -> pa.Table:
+def trials_table(runs: Sequence[Any], *, studies: list[str] | None = None) -> pa.Table:
+    """The table of ``runs`` (trial runs), one row each in the order given; ``studies``: the
+    ``study`` column's values, one per run (None: no such column)."""
     param_names = sorted({name for run in runs for name in run.data.params})
     metric_names = sorted({name for run in runs for name in run.data.metrics})
     fields: list[pa.Field] = []

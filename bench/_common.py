@@ -113,13 +113,15 @@ def driver_spans(tracking_uri: str, name: str) -> dict[str, tuple[float, float]]
     """Each trial's (start, end) in the driver, epoch seconds, from its MLflow run."""
     from mlflow.tracking import MlflowClient
 
+    from analysis.layout import TRIAL_FILTER, TRIAL_TAG
+
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return {}
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`apc.role` = 'trial'")
+    runs = client.search_runs([experiment.experiment_id], filter_string=TRIAL_FILTER)
     return {
-        run.data.tags["apc.trial_id"]: (run.info.start_time / 1000.0, run.info.end_time / 1000.0)
+        run.data.tags[TRIAL_TAG]: (run.info.start_time / 1000.0, run.info.end_time / 1000.0)
         for run in runs
         if run.info.end_time is not None
     }

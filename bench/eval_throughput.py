@@ -18,7 +18,7 @@ In one process, interleaved over ``--repeats`` rounds (median reported), it time
   ground-truth class) pair from one head-only backward per batch, ``attr_auc``/``point_acc``
   with the batched :func:`trainables.metrics.roc_auc`/``pointing_game``, ``attr_cos``/``attr_l2``
   against the teacher's maps.
-* ``official_loop``: the official evaluation's way (design.md, "Known faults"): batch 1, both
+* ``official_loop``: the official evaluation's way (docs/method.md#known-faults): batch 1, both
   networks in eval mode, one forward per image and network with autograd, then for each pair
   one full ``.backward()`` of the student's and of the teacher's class logit (parameter
   gradients included) with the matched layer's gradient read from ``retain_grad``, Grad-CAM

@@ -29,7 +29,7 @@ from trainables.matching import (
 from trainables.models import build_model, forward_features, forward_head, matched_layer
 
 NUM_CLASSES = 20
-BETA = 2.0  # paper's beta=50..100 in the official loss units (see design.md)
+BETA = 2.0  # paper's beta=50..100 in the official loss units (see docs/method.md#loss-units)
 TARGETS = {"swa": 1.10, "sswa": 1.10, "swa_top3": 1.25, "official_over_swa": 3.5}
 
 

@@ -1,4 +1,4 @@
-"""The study service: command line, spec, runner and tracking (see design.md)."""
+"""The study service: command line, spec, runner and tracking (see docs/design.md)."""
 
 from trainables._version import __version__
 

@@ -197,13 +197,14 @@ def _finish(spec: Spec, outcome: StudyOutcome) -> int:
             file=sys.stderr,
         )
         return 1
+    from analysis.layout import parent_filter
+
     objectives = ",".join(f"{m}:{d}" for m, d in spec.objectives.items())
     main([
         "pareto", spec.name, "--tracking-uri", spec.tracking_uri, "--objectives", objectives,
         # Trials that ended FAILED (diverged) or KILLED (stopped early by ASHA) have no
         # measurement of a trained student; their runs stay browsable in MLflow.
-        "--filter", f"tags.mlflow.parentRunId = '{outcome.parent_run_id}' "
-        "AND attributes.status = 'FINISHED'",
+        "--filter", f"{parent_filter(outcome.parent_run_id)} AND attributes.status = 'FINISHED'",
     ])  # fmt: skip
     if spec.enqueue and not outcome.unlogged:
         from analysis.effect import effect_table, render_effect_table
@@ -250,8 +251,8 @@ def _ui(args: argparse.Namespace) -> int:
         print(
             f"apc ui: warning: --host {args.host} serves the MLflow UI without authentication "
             "to every machine that reaches this one: anyone there can read, change and delete "
-            "the studies. For a shared UI run MLflow's auth app instead (README, \"Network "
-            'and security"), or keep 127.0.0.1 and reach it through an SSH tunnel.',
+            "the studies. For a shared UI run MLflow's auth app instead (docs/operations.md, "
+            '"Network and security"), or keep 127.0.0.1 and reach it through an SSH tunnel.',
             file=sys.stderr,
         )
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
@@ -383,21 +384,16 @@ def _report(args: argparse.Namespace) -> int:
 
     from mlflow.exceptions import MlflowException
 
-    from analysis.report import ARTIFACT_DIR, log_report, parent_filter, write_report
-    from analysis.runs import RunsQueryError, load_trials
-    from study.tracking import find_study
+    from analysis.record import load_study_record
+    from analysis.report import ARTIFACT_DIR, log_report, write_report
+    from analysis.runs import RunsQueryError
 
     try:
-        parent = find_study(args.tracking_uri, args.name)
-        if parent is None:
-            load_trials(args.tracking_uri, args.name)  # says why: no store, no such study
-            return usage([
-                f"study {args.name!r}: no study run (tag apc.role=study) in {args.tracking_uri}"
-            ])  # fmt: skip
-        parent_run_id = str(parent.info.run_id)
-        trials = load_trials(
-            args.tracking_uri, args.name, filter_string=parent_filter(parent_run_id)
-        )
+        # The newest study run; why there is none (no store, no such study, no study run)
+        # comes as a RunsQueryError.
+        record = load_study_record(args.name, tracking_uri=args.tracking_uri)
+        parent_run_id = record.parent_run_id
+        trials = record.table()
     except RunsQueryError as error:
         return usage([str(error)])
     except MlflowException as error:  # the store answered, but not as an MLflow store
@@ -406,7 +402,7 @@ def _report(args: argparse.Namespace) -> int:
         try:
             report = write_report(
                 args.tracking_uri, args.name, parent_run_id=parent_run_id,
-                folder=Path(scratch) / ARTIFACT_DIR, trials=trials,
+                folder=Path(scratch) / ARTIFACT_DIR, trials=trials, record=record,
             )  # fmt: skip
         except RunsQueryError as error:  # no FINISHED trial: refused before writing
             return usage([str(error)])
@@ -414,7 +410,7 @@ def _report(args: argparse.Namespace) -> int:
             print(f"apc report: MLflow: {error.message}", file=sys.stderr)
             return 1
         try:
-            where = log_report(args.tracking_uri, report)
+            where = log_report(args.tracking_uri, report, client=record.client)
         except (MlflowException, OSError) as error:
             reason = error.message if isinstance(error, MlflowException) else error
             print(
@@ -469,6 +465,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     pareto.add_argument(
         "--objectives",
+        # analysis.layout.DEFAULT_OBJECTIVES spelled out: importing the analysis here would slow
+        # every command down (tests/analysis/test_layout.py checks that the two agree).
         default="map:max,attr_auc:max,params:min",
         help="comma-separated METRIC:min|max (a bare METRIC takes its usual direction); "
         "default: %(default)s",

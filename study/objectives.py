@@ -30,11 +30,11 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from analysis.layout import NAN_TAG
 from trainables.metric_names import Direction
 
+# NAN_TAG, the tag's key, is the layout's (analysis.layout), re-exported here.
 __all__ = ["NAN_TAG", "Substitute", "sampler_substitutes", "tag_text", "worst_value"]
-
-NAN_TAG = "apc.nan_objectives"
 
 #: Why an attribution metric is NaN (see trainables.evaluation): it averages over the
 #: (image, class) pairs predicted correctly, so it has nothing to average when there are none.

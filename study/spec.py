@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+# The objectives of a spec that names none: the layout's (what a reader assumes then too).
+from analysis.layout import DEFAULT_OBJECTIVES
 from search_spaces import (
     SearchSpace,
     is_builtin_reference,
@@ -120,7 +122,7 @@ MAX_RESOURCES: Final = 1024
 PATH_KEYS: Final[tuple[str, ...]] = (
     "search_space", "dataset.root", "teacher.checkpoint", "storage_path", "tracking_uri",
 )  # fmt: skip
-#: How a spec's paths are read (``apc validate`` says it; README, "Paths").
+#: How a spec's paths are read (``apc validate`` says it; docs/design.md, "Paths").
 PATH_RULE: Final = (
     "paths: a relative one is taken from the spec's folder (from the working folder when "
     "given with --set, --storage or --tracking-uri), ~ is expanded, an absolute one is kept; "
@@ -128,11 +130,6 @@ PATH_RULE: Final = (
     "sqlite:/// tracking_uri; a built-in search space is a bare name (distillation), anything "
     "with a '/' or a .yaml ending is a file"
 )
-DEFAULT_OBJECTIVES: Final[dict[str, Literal["min", "max"]]] = {
-    "map": "max",
-    "attr_auc": "max",
-    "params": "min",
-}
 
 
 #: What str.splitlines() breaks a line at, each written as its escape in a message.
@@ -221,7 +218,7 @@ class EvaluationSpec:
 
 @dataclass(frozen=True)
 class Spec:
-    """A validated study spec (see design.md, "Spec")."""
+    """A validated study spec (see docs/design.md#spec)."""
 
     name: str
     seed: int = 0

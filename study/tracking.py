@@ -1,10 +1,12 @@
-"""MLflow layout of a study (design.md, "MLflow layout"), written by the driver only.
+"""MLflow layout of a study (docs/design.md#mlflow-layout), written by the driver only.
 
 experiment = study name; a parent run (tag ``apc.role=study``) with the spec as params and as
 an artifact; a teacher run (``apc.role=teacher``) and one run per trial (``apc.role=trial``),
 both nested under the parent through ``mlflow.parentRunId``. Trials never talk to MLflow: the
 driver's Tune callback logs their per-epoch results (step = epoch), so workers need no access
 to the tracking server and a trial restarted from a checkpoint keeps its one run.
+Every name in the layout (tags, roles, params, artifact paths) is :mod:`analysis.layout`'s, which
+the readers use too.
 
 The study's own runs are written synchronously when it starts (the server was just found
 reachable); everything the trials produce goes through a :class:`~study.log_queue.LogQueue`,
@@ -20,7 +22,6 @@ trial whose run was never created creates it.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -29,14 +30,37 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+from analysis.layout import (
+    EFFECTIVE_SPEC_FILE,
+    FAILURE_TAG,
+    NODES_TAG,
+    ORPHAN_TAG,
+    PARENT_TAG,
+    REPEATED_TAG,
+    ROLE_TAG,
+    SPEC_FILE,
+    STOPPED_TAG,
+    STUDY_ROLE,
+    TEACHER_ROLE,
+    TEACHER_RUN_NAME,
+    TEACHER_WEIGHTS_DIR,
+    TRIAL_ARTIFACTS,
+    TRIAL_ROLE,
+    TRIAL_TAG,
+    flatten_params,
+    parent_filter,
+    role_filter,
+    trial_params,
+)
 from study.log_queue import LogQueue, Record, is_unreachable
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text
 from study.spec import Spec
 from trainables.metric_names import METRICS, Direction
-from trainables.trial_artifacts import TRIAL_ARTIFACTS
 
+# The layout's names (analysis.layout) are re-exported for the driver's other modules.
 __all__ = [
     "EFFECTIVE_SPEC_FILE",
+    "PARENT_TAG",
     "ROLE_TAG",
     "StudyTracker",
     "find_study",
@@ -44,42 +68,8 @@ __all__ = [
     "trial_params",
 ]
 
-ROLE_TAG = "apc.role"
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_TAG = "apc.trial_id"
-NODES_TAG = "apc.node_ids"
-FAILURE_TAG = "apc.failure"
-#: On a trial run that logged some epochs twice (a resume re-ran them; the later values count).
-REPEATED_TAG = "apc.repeated_epochs"
 #: MLflow run statuses a trial's run ends with.
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
-#: On the deleted run of a trial a resumed study does not know (see StudyTracker.discard_orphans).
-ORPHAN_TAG = "apc.orphaned"
-#: On a trial the scheduler stopped before its last epoch: its metrics are that epoch's.
-STOPPED_TAG = "apc.stopped_early"
-#: The spec as the study ran it (overrides applied, paths absolute): what ``apc resume`` reads.
-EFFECTIVE_SPEC_FILE = "spec.effective.yaml"
-SEARCHED_PARAMS = (
-    "mode", "matching", "beta", "drop_p", "prune_rate", "student_width", "calibration_size",
-    "observer",
-)  # fmt: skip
-
-
-def trial_params(config: Mapping[str, Any], *, method: str, teacher_run_id: str) -> dict[str, str]:
-    """A trial's MLflow params: the method, the searched values that apply, the teacher run."""
-    params = {"method": method, "teacher_run_id": teacher_run_id}
-    for key in SEARCHED_PARAMS:
-        if key in config:
-            params[key] = str(config[key])
-    return params
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
-    else:
-        out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
 
 
 def find_study(tracking_uri: str, name: str) -> Any | None:
@@ -98,7 +88,7 @@ def find_study(tracking_uri: str, name: str) -> Any | None:
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+        filter_string=role_filter(STUDY_ROLE),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -155,17 +145,15 @@ class StudyTracker:
         """Create the parent run; log the spec as params, ``spec.yaml`` (the file as written)
         and ``spec.effective.yaml`` (as run: overrides applied, paths absolute)."""
         run = self.client.create_run(
-            self.experiment_id, run_name=self.name, tags={ROLE_TAG: "study"}
+            self.experiment_id, run_name=self.name, tags={ROLE_TAG: STUDY_ROLE}
         )
         self.parent_run_id = run.info.run_id
         _ACTIVE[self.parent_run_id] = self
-        params: dict[str, str] = {}
         spec_fields = asdict(spec)
         spec_fields.pop("search_space")
-        _flatten("", spec_fields, params)
-        for key, value in params.items():
+        for key, value in flatten_params(spec_fields).items():
             self.client.log_param(self.parent_run_id, key[:250], value[:6000])
-        self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
+        self.client.log_text(self.parent_run_id, spec_text, SPEC_FILE)
         self.client.log_text(self.parent_run_id, effective_text, EFFECTIVE_SPEC_FILE)
         return self.parent_run_id
 
@@ -180,7 +168,7 @@ class StudyTracker:
         spooled = LogQueue.load_spool(self._queue.spool)
         self.parent_run_id = parent_run_id
         _ACTIVE[parent_run_id] = self
-        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
+        for run in self._search(role_filter(TRIAL_ROLE)):
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id:
                 self.trial_runs[trial_id] = run.info.run_id
@@ -202,11 +190,11 @@ class StudyTracker:
 
     def teacher_run(self) -> str | None:
         """The study's teacher run, if it was logged."""
-        runs = self._search(f"tags.`{ROLE_TAG}` = 'teacher'")
+        runs = self._search(role_filter(TEACHER_ROLE))
         return str(runs[0].info.run_id) if runs else None
 
     def _search(self, filter_string: str) -> list[Any]:
-        parent = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        parent = parent_filter(self.parent_run_id)
         return list(
             self.client.search_runs(
                 [self.experiment_id], filter_string=f"{parent} AND {filter_string}",
@@ -228,8 +216,8 @@ class StudyTracker:
         """
         run = self.client.create_run(
             self.experiment_id,
-            run_name="teacher",
-            tags={ROLE_TAG: "teacher", PARENT_TAG: self.parent_run_id},
+            run_name=TEACHER_RUN_NAME,
+            tags={ROLE_TAG: TEACHER_ROLE, PARENT_TAG: self.parent_run_id},
         )
         for key, value in params.items():
             self.client.log_param(run.info.run_id, key, value)
@@ -237,7 +225,7 @@ class StudyTracker:
         if batch:
             self._log_batch(run.info.run_id, batch, step=0)
         if weights is not None:
-            self.client.log_artifact(run.info.run_id, str(weights), "weights")
+            self.client.log_artifact(run.info.run_id, str(weights), TEACHER_WEIGHTS_DIR)
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return str(run.info.run_id)
 
@@ -445,7 +433,7 @@ class StudyTracker:
                             "value of each is the one that counts)")  # fmt: skip
 
     def _discard(self, known: set[str]) -> None:
-        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
+        for run in self._search(role_filter(TRIAL_ROLE)):
             trial_id = run.data.tags.get(TRIAL_TAG, "")
             if trial_id in known:
                 continue
@@ -486,7 +474,7 @@ class StudyTracker:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=trial_id,
-                tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
+                tags={ROLE_TAG: TRIAL_ROLE, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
             )
             run_id = str(run.info.run_id)
             self._logged_params[trial_id] = {}

@@ -1,13 +1,13 @@
-"""cluster.yaml: valid for Ray's cluster launcher, and what the README promises of it.
+"""cluster.yaml: valid for Ray's cluster launcher, and what the docs promise of it.
 
 Ray validates a launcher config the way `ray up` does: ``prepare_config`` fills in the
 provider's defaults, then ``validate_config`` checks it against ``ray-schema.json`` (which
-admits no unknown keys) and the node-type rules. Beyond the schema the README relies on: the
+admits no unknown keys) and the node-type rules. Beyond the schema the docs rely on: the
 head runs ``mlflow server`` on 127.0.0.1 over a database, the dashboard/job server listens on
 127.0.0.1 only, a worker type has a GPU, every node installs requirements.lock before the
 project and runs Ray with token authentication, and MLflow runs its auth app over verified TLS
-with no secret in the file. The `apc` commands of the README's "Running on a cluster"
-section parse with apc's own command line.
+with no secret in the file. The `apc` commands of the "Running on a cluster" sections of
+README and docs/operations.md parse with apc's own command line.
 """
 
 from __future__ import annotations
@@ -242,18 +242,19 @@ def test_the_installed_project_is_the_mounted_repository() -> None:
     )
 
 
-def _readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def _section(page: str, title: str) -> str:
+    text = (ROOT / page).read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
 
-def test_readme_cluster_commands_use_flags_apc_has() -> None:
-    """Every `apc ...` command in the README's cluster section parses with apc's own CLI."""
+@pytest.mark.parametrize("page", ["README.md", "docs/operations.md"])
+def test_cluster_commands_in_the_docs_use_flags_apc_has(page: str) -> None:
+    """Every `apc ...` command of a "Running on a cluster" section parses with apc's own CLI."""
     from study.cli import _parser
 
-    section = _readme_section("Running on a cluster")
+    section = _section(page, "Running on a cluster")
     code = re.sub(r"\\\n\s*", " ", section)  # join backslash continuations
     commands = [
         line[line.index("apc run") :]
@@ -267,4 +268,4 @@ def test_readme_cluster_commands_use_flags_apc_has() -> None:
         try:
             _parser().parse_args(words[1:])
         except SystemExit as error:  # argparse: unknown flag or bad value
-            pytest.fail(f"README command does not parse ({error}): {command}")
+            pytest.fail(f"{page} command does not parse ({error}): {command}")

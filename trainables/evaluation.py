@@ -1,6 +1,6 @@
 """Evaluate a (compressed) network: task metrics, and its Grad-CAM maps against masks and teacher.
 
-One pass over an evaluation loader gives the canonical metrics of design.md ("MLflow layout")
+One pass over an evaluation loader gives the canonical metrics of docs/design.md#metric-names
 and one row per image for the per-sample export (Parquet, PIEs):
 
 Task metrics, over every image of the loader

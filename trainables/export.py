@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODEL_FILE", "export_model", "load_exported"]
+# MODEL_FILE (the file name in a trial's checkpoint and its MLflow artifacts) is defined
+# without torch, for the driver and the analysis.
+from trainables.artifact_names import MODEL_FILE
 
-#: File name of the exported model in a trial's checkpoint and its MLflow artifacts.
-MODEL_FILE = "model.pt2"
+__all__ = ["MODEL_FILE", "export_model", "load_exported"]
 
 
 def export_model(model: nn.Module, image_size: int, path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""The canonical metric names, as trials report them and MLflow stores them (design.md).
+"""The canonical metric names, as trials report them and MLflow stores them (docs/design.md).
 
 One source of truth: the trainables report these names, the spec validates objectives and
 scheduler metrics against them, and the analysis reads them back.

@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from trainables.artifact_names import MAPS_FILE, OVERLAY_FILE
 from trainables.data import denormalize
 from trainables.models import eval_mode
 
@@ -34,10 +35,6 @@ __all__ = [
     "load_overlay_maps",
     "save_overlay_maps",
 ]
-
-#: File names in a trial's last checkpoint and its MLflow artifacts (``attributions/``).
-MAPS_FILE: Final = "attribution_maps.npz"
-OVERLAY_FILE: Final = "attribution_overlay.png"
 
 
 @dataclass(frozen=True)

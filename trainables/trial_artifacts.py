@@ -21,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,11 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainables.artifact_names import MAPS_FILE, OVERLAY_FILE, PER_SAMPLE_FILE, TRIAL_ARTIFACTS
 from trainables.evaluation import evaluate
-from trainables.export import MODEL_FILE
 from trainables.overlays import (
-    MAPS_FILE,
-    OVERLAY_FILE,
     capture_overlay_maps,
     draw_overlays,
     save_overlay_maps,
@@ -47,15 +45,6 @@ __all__ = [
     "per_sample_table",
     "write_final_artifacts",
 ]
-
-PER_SAMPLE_FILE: Final = "per_sample.parquet"
-#: File in a trial's last checkpoint -> the folder of the trial's MLflow artifacts it goes to.
-TRIAL_ARTIFACTS: Final[dict[str, str]] = {
-    MODEL_FILE: "model",
-    PER_SAMPLE_FILE: "evaluation",
-    MAPS_FILE: "attributions",
-    OVERLAY_FILE: "attributions",
-}
 
 
 def per_sample_table(per_sample: Mapping[str, npt.NDArray[Any]]) -> pa.Table:

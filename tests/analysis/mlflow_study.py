@@ -1,4 +1,4 @@
-"""Write a study into an MLflow store the way the runner lays it out (design.md, "MLflow layout").
+"""Write a study into an MLflow store the way the runner lays it out (docs/design.md#mlflow-layout).
 
 Shared by the analysis and CLI tests: one experiment per study; a parent run (``apc.role=study``),
 a teacher run (``apc.role=teacher``) and one run per trial (``apc.role=trial``, nested under the

@@ -193,7 +193,7 @@ def _log_trial(
 
 def write_report_study(root: Path) -> ReportStudy:
     """Write STUDY and UNFINISHED into a fresh SQLite store under ``root``, as the runner lays
-    a study out (design.md, "MLflow layout")."""
+    a study out (docs/design.md#mlflow-layout)."""
     store = ReportStudy(uri=f"sqlite:///{root / 'mlflow.db'}", root=root)
     client = MlflowClient(tracking_uri=store.uri)
     artifacts = (root / "artifacts").as_uri()

@@ -1,0 +1,226 @@
+"""The MLflow layout of a study (docs/design.md#mlflow-layout): one place for every name in it.
+
+The driver (:mod:`study.tracking`) writes a study this way and every reader (:mod:`analysis.
+record`, :mod:`analysis.runs`, :mod:`analysis.effect`, :mod:`analysis.report`, ``apc pareto``
+and ``apc report``) reads it back through these names, so that the writer and the readers
+cannot drift apart:
+
+- experiment = the study's name; a parent run (tag :data:`ROLE_TAG` = :data:`STUDY_ROLE`)
+  holding the spec as flattened params (:func:`flatten_params`) and as the artifacts
+  :data:`SPEC_FILE` and :data:`EFFECTIVE_SPEC_FILE`;
+- a teacher run (:data:`TEACHER_ROLE`) and one run per trial (:data:`TRIAL_ROLE`, tagged with
+  its Ray trial id :data:`TRIAL_TAG`), both nested under the parent through
+  :data:`PARENT_TAG` (the tag MLflow's UI nests by; :func:`parent_filter` selects them);
+- a trial's params (:func:`trial_params`) and artifacts (:data:`TRIAL_ARTIFACTS`, paths such as
+  :data:`PER_SAMPLE_ARTIFACT`), and the tags the driver adds when something went other than
+  planned (:data:`FAILURE_TAG`, :data:`STOPPED_TAG`, :data:`REPEATED_TAG`, :data:`ORPHAN_TAG`,
+  :data:`NAN_TAG`).
+
+Only the names live here, no MLflow calls: importing this module is cheap and imports neither
+MLflow nor torch (the trial-side file names come from :mod:`trainables.artifact_names`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from trainables.artifact_names import (
+    MAPS_FILE,
+    MODEL_FILE,
+    OVERLAY_FILE,
+    PER_SAMPLE_FILE,
+    TRIAL_ARTIFACTS,
+)
+from trainables.metric_names import Direction
+
+__all__ = [
+    "COLUMN_KIND_KEY",
+    "COLUMN_NAME_KEY",
+    "DEFAULT_OBJECTIVES",
+    "EFFECTIVE_SPEC_FILE",
+    "ENQUEUE_PARAM",
+    "FAILURE_TAG",
+    "MAPS_ARTIFACT",
+    "MAPS_FILE",
+    "METHOD_PARAM",
+    "MODEL_ARTIFACT",
+    "MODEL_FILE",
+    "NAN_TAG",
+    "NODES_TAG",
+    "OBJECTIVES_PREFIX",
+    "ORPHAN_TAG",
+    "OVERLAY_ARTIFACT",
+    "OVERLAY_FILE",
+    "PARENT_TAG",
+    "PER_SAMPLE_ARTIFACT",
+    "PER_SAMPLE_FILE",
+    "REPEATED_TAG",
+    "REPORT_DIR",
+    "ROLE_TAG",
+    "SEARCHED_PARAMS",
+    "SETTING_PARAMS",
+    "SPEC_FILE",
+    "STOPPED_TAG",
+    "STUDY_ROLE",
+    "TAG_KEYS",
+    "TEACHER_ROLE",
+    "TEACHER_RUN_NAME",
+    "TEACHER_RUN_PARAM",
+    "TEACHER_WEIGHTS_DIR",
+    "TRIAL_ARTIFACTS",
+    "TRIAL_FILTER",
+    "TRIAL_ROLE",
+    "TRIAL_TAG",
+    "Direction",
+    "Role",
+    "enqueued_settings",
+    "flatten_params",
+    "parent_filter",
+    "role_filter",
+    "trial_artifact",
+    "trial_params",
+]
+
+# Tags.
+
+#: What a run is to its study: :data:`STUDY_ROLE`, :data:`TEACHER_ROLE` or :data:`TRIAL_ROLE`.
+ROLE_TAG: Final = "apc.role"
+#: MLflow's own nesting tag: the UI shows a teacher or trial run under its study run.
+PARENT_TAG: Final = "mlflow.parentRunId"
+#: On a trial run: its Ray trial id, by which a resumed study finds its run again.
+TRIAL_TAG: Final = "apc.trial_id"
+#: On a trial run: the Ray nodes it ran on, in order, comma-separated.
+NODES_TAG: Final = "apc.node_ids"
+#: On a FAILED trial run: the last line of its error.
+FAILURE_TAG: Final = "apc.failure"
+#: On a trial run that logged some epochs twice (a resume re-ran them; the later values count).
+REPEATED_TAG: Final = "apc.repeated_epochs"
+#: On the deleted run of a trial a resumed study does not know (``StudyTracker.discard_orphans``).
+ORPHAN_TAG: Final = "apc.orphaned"
+#: On a trial the scheduler stopped before its last epoch: its metrics are that epoch's.
+STOPPED_TAG: Final = "apc.stopped_early"
+#: On a trial run: the objectives the sampler was told the worst value for, and why
+#: (:mod:`study.objectives`).
+NAN_TAG: Final = "apc.nan_objectives"
+#: Every tag key of the layout (a source test keeps their literals in this module).
+TAG_KEYS: Final[tuple[str, ...]] = (
+    ROLE_TAG, PARENT_TAG, TRIAL_TAG, NODES_TAG, FAILURE_TAG, REPEATED_TAG, ORPHAN_TAG,
+    STOPPED_TAG, NAN_TAG,
+)  # fmt: skip
+
+# Roles (values of ROLE_TAG).
+
+Role = Literal["study", "teacher", "trial"]
+STUDY_ROLE: Final[Role] = "study"
+TEACHER_ROLE: Final[Role] = "teacher"
+TRIAL_ROLE: Final[Role] = "trial"
+#: The run name of a study's teacher run (a study run is named after the study, a trial run
+#: after its Ray trial id).
+TEACHER_RUN_NAME: Final = "teacher"
+
+
+def role_filter(role: Role) -> str:
+    """The MLflow filter that selects the runs of ``role``."""
+    return f"tags.\"{ROLE_TAG}\" = '{role}'"
+
+
+def parent_filter(parent_run_id: str) -> str:
+    """The MLflow filter that selects the runs nested under the study run ``parent_run_id``
+    (AND it to :data:`TRIAL_FILTER` for its trials)."""
+    return f"tags.{PARENT_TAG} = '{parent_run_id}'"
+
+
+#: MLflow filter that selects the trial runs of a study's experiment.
+TRIAL_FILTER: Final = role_filter(TRIAL_ROLE)
+
+# Params.
+
+#: The searched parameters a trial run logs as params when its config has them (every
+#: method's, study.spec; a trial logs only those that apply, e.g. no ``beta`` unmatched).
+SEARCHED_PARAMS: Final[tuple[str, ...]] = (
+    "mode", "matching", "beta", "drop_p", "prune_rate", "student_width", "calibration_size",
+    "observer",
+)  # fmt: skip
+#: The searched params that tell one setting of a matching kind from another.
+SETTING_PARAMS: Final[tuple[str, ...]] = tuple(p for p in SEARCHED_PARAMS if p != "matching")
+#: On a trial run: its trainable; on the study run: the spec's method.
+METHOD_PARAM: Final = "method"
+#: On a trial run: the run id of the study's teacher.
+TEACHER_RUN_PARAM: Final = "teacher_run_id"
+#: On the study run: the spec's enqueued settings, as a JSON list of mappings.
+ENQUEUE_PARAM: Final = "enqueue"
+#: On the study run: ``objectives.<metric>`` = ``min`` | ``max``, one param per objective.
+OBJECTIVES_PREFIX: Final = "objectives."
+#: The objectives of a study whose spec names none.
+DEFAULT_OBJECTIVES: Final[dict[str, Direction]] = {"map": "max", "attr_auc": "max", "params": "min"}
+
+
+def trial_params(config: Mapping[str, Any], *, method: str, teacher_run_id: str) -> dict[str, str]:
+    """A trial's MLflow params: the method, the searched values that apply, the teacher run."""
+    params = {METHOD_PARAM: method, TEACHER_RUN_PARAM: teacher_run_id}
+    for key in SEARCHED_PARAMS:
+        if key in config:
+            params[key] = str(config[key])
+    return params
+
+
+def flatten_params(fields: Mapping[str, Any]) -> dict[str, str]:
+    """The study run's params of a spec's fields: nested mappings as dotted keys
+    (``objectives.map``), lists as JSON (``enqueue``), anything else as ``str``.
+
+    MLflow params are flat strings; dotted keys keep them browsable one by one in the UI.
+    """
+    out: dict[str, str] = {}
+    _flatten("", fields, out)
+    return out
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+
+def enqueued_settings(parent_params: Mapping[str, str]) -> list[Mapping[str, Any]]:
+    """The enqueued settings of a study run, decoded from its :data:`ENQUEUE_PARAM`."""
+    settings: list[Mapping[str, Any]] = json.loads(parent_params.get(ENQUEUE_PARAM, "[]"))
+    return settings
+
+
+# Artifacts.
+
+#: On the study run: the spec file as written.
+SPEC_FILE: Final = "spec.yaml"
+#: On the study run: the spec as the study ran it (overrides applied, paths absolute): what
+#: ``apc resume`` and the readers (:class:`analysis.record.StudyRecord`) read.
+EFFECTIVE_SPEC_FILE: Final = "spec.effective.yaml"
+#: On the teacher run: the folder of its state dict file.
+TEACHER_WEIGHTS_DIR: Final = "weights"
+#: On the study run: the folder ``apc report`` logs its files to.
+REPORT_DIR: Final = "report"
+
+
+def trial_artifact(name: str) -> str:
+    """A trial run's artifact path of its checkpoint file ``name`` (:data:`TRIAL_ARTIFACTS`)."""
+    return f"{TRIAL_ARTIFACTS[name]}/{name}"
+
+
+#: The compressed model of a trial run (``torch.export.load(path).module()`` loads it).
+MODEL_ARTIFACT: Final = trial_artifact(MODEL_FILE)
+#: The per-sample table of a trial run (:mod:`analysis.pies`).
+PER_SAMPLE_ARTIFACT: Final = trial_artifact(PER_SAMPLE_FILE)
+#: The attribution maps of a trial run (:mod:`trainables.overlays`).
+MAPS_ARTIFACT: Final = trial_artifact(MAPS_FILE)
+#: The drawn attribution overlay of a trial run.
+OVERLAY_ARTIFACT: Final = trial_artifact(OVERLAY_FILE)
+
+# The trials' table (analysis.runs): field metadata keys.
+
+#: Arrow field metadata: ``run``, ``param`` or ``metric``.
+COLUMN_KIND_KEY: Final = b"apc.kind"
+#: Arrow field metadata: the column's name in MLflow.
+COLUMN_NAME_KEY: Final = b"apc.name"
