@@ -52,12 +52,12 @@ def test_console_script_reports_version_and_usage_errors() -> None:
 def test_an_unexpected_error_is_one_line_and_a_traceback_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import study.cli
+    import study.cli.validate
 
     def broken(args: object) -> int:
         raise RuntimeError("the disk went away\nsecond line")
 
-    monkeypatch.setattr(study.cli, "_validate", broken)
+    monkeypatch.setattr(study.cli.validate, "validate", broken)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     try:
@@ -79,12 +79,12 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_file(
 def test_ctrl_c_is_one_line_and_exit_130(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import study.cli
+    import study.cli.validate
 
     def interrupted(args: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(study.cli, "_validate", interrupted)
+    monkeypatch.setattr(study.cli.validate, "validate", interrupted)
     assert main(["validate", "spec.yaml"]) == 130
     assert capsys.readouterr().err.splitlines() == ["apc validate: interrupted"]
 
