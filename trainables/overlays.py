@@ -5,7 +5,9 @@ on the first ``count`` images of the evaluation split, for the teacher's top-1 c
 image (the class SWA matches, so every trial of a study explains the same class of the same
 image). They are saved as one ``.npz`` (:data:`MAPS_FILE`) and drawn as one PNG grid
 (:data:`OVERLAY_FILE`); ``apc report`` puts the maps of several trials side by side with
-:func:`draw_overlays`.
+:func:`draw_overlays` too (``analysis.report.plots.overlay_info`` chooses the columns,
+``draw_overlay_grid`` hands them here). The drawing lives here, not in ``analysis``, because a
+trial draws its own PNG and ``trainables`` may not import ``analysis``; one function draws both.
 
 Drawing uses matplotlib's object API on the Agg canvas, imported when a figure is drawn.
 """
