@@ -34,6 +34,7 @@ from trainables.artifact_names import (
     TRIAL_ARTIFACTS,
 )
 from trainables.metric_names import Direction
+from trainables.registry import searched_parameters
 
 __all__ = [
     "COLUMN_KIND_KEY",
@@ -138,11 +139,9 @@ TRIAL_FILTER: Final = role_filter(TRIAL_ROLE)
 # Params.
 
 #: The searched parameters a trial run logs as params when its config has them (every
-#: method's, study.spec; a trial logs only those that apply, e.g. no ``beta`` unmatched).
-SEARCHED_PARAMS: Final[tuple[str, ...]] = (
-    "mode", "matching", "beta", "drop_p", "prune_rate", "student_width", "calibration_size",
-    "observer",
-)  # fmt: skip
+#: method's, from its descriptor in trainables.registry; a trial logs only those that apply,
+#: e.g. no ``beta`` unmatched).
+SEARCHED_PARAMS: Final[tuple[str, ...]] = searched_parameters()
 #: The searched params that tell one setting of a matching kind from another.
 SETTING_PARAMS: Final[tuple[str, ...]] = tuple(p for p in SEARCHED_PARAMS if p != "matching")
 #: On a trial run: its trainable; on the study run: the spec's method.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from study.spec import Spec
+from trainables.data.descriptors import dataset_descriptor
 from trainables.trial import TrialSetup, build_split
 
 __all__ = ["StudyPlan", "plan_study", "teacher_dataset_options", "trial_setup"]
@@ -34,7 +35,7 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
     options: dict[str, Any] = {"image_size": spec.dataset.image_size, **spec.dataset.options}
     if spec.dataset.root is not None:
         options["root"] = spec.dataset.root
-    eval_split = "seg_val" if spec.dataset.name == "voc2012" else "val"
+    data = dataset_descriptor(spec.dataset.name)
     return TrialSetup(
         dataset=spec.dataset.name,
         dataset_options=options,
@@ -44,13 +45,13 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
         epochs=spec.epochs if epochs is None else epochs,
         train_size=spec.dataset.train_size,
         val_size=spec.dataset.val_size,
-        eval_split=eval_split,
+        eval_split=data.eval_split,
         batch_size=spec.training.batch_size,
         optimization=spec.training.optimization,
         seed=spec.seed,
         num_workers=spec.training.num_workers,
         threads=max(1, int(spec.resources_per_trial.cpu)),
-        multi_label=spec.dataset.name != "imagefolder",
+        multi_label=data.multi_label,
         headline=tuple(spec.objectives),
         extra=dict(spec.method_options),
         attribution_methods=spec.evaluation.attribution_methods,
@@ -68,7 +69,7 @@ def plan_study(spec: Spec) -> StudyPlan:
     generated shapes build one sample for it, a data set on disk reads its class list)."""
     unsized = trial_setup(spec, num_classes=1)
     num_classes = build_split(
-        unsized, unsized.eval_split, 1 if spec.dataset.name == "shapes" else None
+        unsized, unsized.eval_split, 1 if dataset_descriptor(spec.dataset.name).generated else None
     ).num_classes
     trial = replace(unsized, num_classes=num_classes)
     teacher = replace(

@@ -31,6 +31,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from study.spec import Spec
+from trainables.data.descriptors import dataset_descriptor
 
 __all__ = ["PROBE_TIMEOUT_S", "preflight", "tracking_problems"]
 
@@ -191,7 +192,7 @@ def _data_problems(spec: Spec) -> tuple[list[str], int | None]:
     from trainables.trial import build_split
 
     setup = trial_setup(spec, num_classes=1)
-    if spec.dataset.name == "shapes":  # generated; its options are checked with the spec
+    if dataset_descriptor(spec.dataset.name).generated:  # its options: checked with the spec
         try:
             return [], build_split(setup, setup.eval_split, 1).num_classes
         except (TypeError, ValueError):
@@ -287,7 +288,9 @@ def _class_problems(spec: Spec, train: Any, evaluation: Any) -> list[str]:
     """Image folders whose splits name different classes (labels would not agree)."""
     if train is None or evaluation is None or "classes" in spec.dataset.options:
         return []
-    if list(train.classes) == list(evaluation.classes) or spec.dataset.name != "imagefolder":
+    if not dataset_descriptor(spec.dataset.name).class_folders:
+        return []
+    if list(train.classes) == list(evaluation.classes):
         return []
     return [
         "dataset.options.classes: is required when the splits' class folders differ, got "

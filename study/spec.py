@@ -45,6 +45,7 @@ from search_spaces.bounded_yaml import (
     read_bounded_yaml,
 )
 from study.samplers import SAMPLERS
+from trainables.data.descriptors import DATASETS
 from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
 from trainables.metric_names import (
@@ -54,6 +55,7 @@ from trainables.metric_names import (
     method_metric,
     valid_metrics_text,
 )
+from trainables.registry import METHODS as REGISTERED_METHODS
 from trainables.registry import check_method_options, trainable_names
 
 __all__ = [
@@ -455,23 +457,25 @@ def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
     keys = ("name", "image_size", "root", "train_size", "val_size", "options")
     s = _Section(data, "dataset", problems, keys)
     name = s.get("name", "shapes", _choice(DATASET_NAMES))
-    default_size = 64 if name == "shapes" else 224
-    image_size = s.get("image_size", default_size, _integer(7, MAX_IMAGE_SIZE))
+    descriptor = DATASETS[name]
+    image_size = s.get("image_size", descriptor.default_image_size, _integer(7, MAX_IMAGE_SIZE))
     root = s.get("root", None, _optional(_string))
-    if name != "shapes" and root is None and isinstance(s.data, Mapping):
+    if descriptor.root_required and root is None and isinstance(s.data, Mapping):
         problems.append(f"dataset.root: is required for {name}, got nothing")
-    if name == "shapes" and root is not None:
-        problems.append(f"dataset.root: does not apply to shapes (generated), got {root!r}")
-    if root is not None and name != "shapes":
+    if not descriptor.root_required and root is not None:
+        kind = " (generated)" if descriptor.generated else ""
+        problems.append(f"dataset.root: does not apply to {name}{kind}, got {root!r}")
+    if root is not None and descriptor.root_required:
         folder = _existing("dataset.root", root, base_dir, problems, folder=True)
         if folder is not None:
             root = str(folder)  # what the study opens, from any working directory
     train_size = s.get("train_size", None, _optional(_integer(1, MAX_DATASET_SIZE)))
     val_size = s.get("val_size", None, _optional(_integer(1, MAX_DATASET_SIZE)))
-    if name != "shapes":
+    if not descriptor.sized:
+        sized = " and ".join(d.name for d in DATASETS.values() if d.sized)
         for key, value in (("train_size", train_size), ("val_size", val_size)):
             if value is not None:
-                problems.append(f"dataset.{key}: applies only to shapes, got {value!r}")
+                problems.append(f"dataset.{key}: applies only to {sized}, got {value!r}")
     options = _dataset_options(s, "options", "dataset.options", name, problems)
     return DatasetSpec(name, image_size, root, train_size, val_size, options)
 
@@ -502,17 +506,20 @@ def _generated_data_problems(dataset: DatasetSpec, teacher: TeacherSpec) -> list
     Unknown option names are reported apart (``_dataset_options``) and skipped here.
     """
     size = dataset.image_size
-    if dataset.name != "shapes" or isinstance(size, bool) or not isinstance(size, int) or size < 7:
-        return []  # not shapes, or the size is already reported
-    from trainables.data.registry import dataset_options
-    from trainables.data.shapes import ShapesDataset
+    descriptor = DATASETS.get(dataset.name)
+    if descriptor is None or not descriptor.generated:
+        return []  # not generated: its files are checked by preflight
+    if isinstance(size, bool) or not isinstance(size, int) or size < 7:
+        return []  # the size is already reported
+    from trainables.data.registry import dataset_factory, dataset_options
 
-    accepted = set(dataset_options("shapes"))
+    accepted = set(dataset_options(dataset.name))
+    factory = dataset_factory(dataset.name)
 
     def problem(path: str, options: Mapping[str, Any]) -> str | None:
         known = {k: v for k, v in options.items() if k in accepted}
         try:
-            ShapesDataset("val", size=1, image_size=dataset.image_size, **known)
+            factory(split=descriptor.eval_split, size=1, image_size=dataset.image_size, **known)
         except (TypeError, ValueError) as error:
             message = str(error)
             return f"{'dataset' if message.startswith('image_size') else path}.{message}"
@@ -668,49 +675,15 @@ def _objectives(data: object, problems: list[str]) -> dict[str, Literal["min", "
     return objectives
 
 
-#: The searched parameters each method's trainable reads (a space may name no others).
-_METHOD_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
-    "distillation": ("matching", "beta", "drop_p", "student_width"),
-    "structured_pruning": ("matching", "beta", "drop_p", "prune_rate"),
-    "unstructured_pruning": ("matching", "beta", "drop_p", "prune_rate"),
-    "quantization": ("mode", "matching", "beta", "drop_p", "calibration_size", "observer"),
-}
-#: The parameters a method needs in every trial.
-_REQUIRED_PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
-    "structured_pruning": ("prune_rate",),
-    "unstructured_pruning": ("prune_rate",),
-    "quantization": ("mode",),
-}
-
-
-def _finite(value: object) -> bool:
-    return _real(value) is not None
-
-
 def _parameter_domains(teacher_width: int) -> dict[str, tuple[str, Callable[[Any], bool]]]:
-    """Searched parameter -> (rule, test): the values a trainable accepts, whatever the space."""
-    from trainables.matching import MATCHING_KINDS
-    from trainables.models import WIDTH_DIVISORS
-    from trainables.quantization import MODES, OBSERVERS
-
-    widths = [w for w in range(1, max(WIDTH_DIVISORS) + 1) if teacher_width * w in WIDTH_DIVISORS]
-    return {
-        "matching": (f"must be one of {list(MATCHING_KINDS)}", lambda v: v in MATCHING_KINDS),
-        "beta": ("must be a number >= 0", lambda v: _finite(v) and v >= 0),
-        "drop_p": ("must be a number in [0, 1)", lambda v: _finite(v) and 0 <= v < 1),
-        "prune_rate": ("must be a number in (0, 1)", lambda v: _finite(v) and 0 < v < 1),
-        "student_width": (
-            f"must be one of {widths} (teacher.width {teacher_width} times student_width must "
-            f"be a width divisor, at most {max(WIDTH_DIVISORS)})",
-            lambda v: not isinstance(v, bool) and v in widths,
-        ),
-        "mode": (f"must be one of {list(MODES)}", lambda v: v in MODES),
-        "calibration_size": (
-            "must be an integer >= 1",
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        ),
-        "observer": (f"must be one of {list(OBSERVERS)}", lambda v: v in OBSERVERS),
-    }
+    """Searched parameter -> (rule, test): the values a trainable accepts, whatever the space
+    (every registered method's, from its descriptor)."""
+    domains: dict[str, tuple[str, Callable[[Any], bool]]] = {}
+    for descriptor in REGISTERED_METHODS.values():
+        for name, domain in descriptor.parameters.items():
+            if name not in domains:
+                domains[name] = domain(teacher_width)
+    return domains
 
 
 def _space_problems(space: SearchSpace, method: str, teacher_width: int) -> list[str]:
@@ -718,7 +691,8 @@ def _space_problems(space: SearchSpace, method: str, teacher_width: int) -> list
     not read, required ones missing, values outside what the trainable accepts."""
     path = "search_space.parameters"
     problems: list[str] = []
-    reads = _METHOD_PARAMETERS.get(method)
+    descriptor = REGISTERED_METHODS.get(method)
+    reads = None if descriptor is None else tuple(descriptor.parameters)
     domains = _parameter_domains(teacher_width)
     for parameter in space.parameters:
         here = f"{path}.{parameter.name}"
@@ -746,7 +720,7 @@ def _space_problems(space: SearchSpace, method: str, teacher_width: int) -> list
                 if not valid(bound):
                     problems.append(f"{here}.{key}: {rule}, got {bound!r}")
     by_name = {p.name: p for p in space.parameters}
-    for name in _REQUIRED_PARAMETERS.get(method, ()):
+    for name in () if descriptor is None else descriptor.required:
         if name not in by_name:
             problems.append(f"{path}.{name}: is required by {method}, got nothing")
         elif by_name[name].when:
@@ -807,8 +781,10 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         "name", "", lambda v: None if isinstance(v, str) and _NAME_PATTERN.fullmatch(v) else
         "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
     )  # fmt: skip
-    method = s.get("method", "distillation", _choice(METHODS))
-    reference = data.get("search_space", method)
+    method = s.get("method", "distillation", _choice(trainable_names()))
+    descriptor = REGISTERED_METHODS.get(method)
+    default_space = descriptor.search_space if descriptor is not None else None
+    reference = data.get("search_space", method if default_space is None else default_space)
     space, space_problems = load_search_space(reference, base_dir=base)
     problems.extend(space_problems)
     if isinstance(reference, str) and not is_builtin_reference(reference) and not space_problems:
@@ -857,7 +833,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     method_options = s.get(
         "method_options", {}, lambda v: None if isinstance(v, Mapping) else "must be a mapping"
     )
-    if method in METHODS:
+    if method in trainable_names():
         # After the spec is read: whether the options fit can depend on its epochs.
         problems.extend(
             f"method_options.{problem}"

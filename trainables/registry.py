@@ -1,9 +1,12 @@
-"""Trainables by compression method name, imported only when used (like Tune's registry).
+"""Compression methods by name (torchtune-recipe style): their descriptors and trainables.
 
-``"module:function"`` targets keep this module free of torch and of the methods' own
-dependencies (torch-pruning), so the CLI can validate a spec without importing them. Each
-method may declare a parser of its study-wide options (a spec's ``method_options``):
+A method is a :class:`trainables.methods.MethodDescriptor`; its ``"module:function"``
+targets keep this module free of torch and of the methods' own dependencies
+(torch-pruning), so the CLI can validate a spec without importing them. A method's options
+parser reads a spec's ``method_options``:
 ``parse(options, *, epochs) -> (options object, problems)``, each problem ``"key: rule, got v"``.
+``TRAINABLES`` and ``OPTION_PARSERS`` are the lookup tables of the registered methods;
+``register_method`` keeps them in step with ``METHODS``.
 """
 
 from __future__ import annotations
@@ -12,34 +15,59 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from trainables.methods import BUILTIN_METHODS, MethodDescriptor
+
 __all__ = [
+    "METHODS",
     "OPTION_PARSERS",
     "TRAINABLES",
     "check_method_options",
     "get_trainable",
+    "method_descriptor",
+    "method_parameters",
+    "register_method",
     "register_trainable",
+    "searched_parameters",
     "trainable_names",
+    "unregister_method",
 ]
+
+#: method -> its descriptor, in registration order.
+METHODS: Final[dict[str, MethodDescriptor]] = {m.name: m for m in BUILTIN_METHODS}
 
 #: method -> "module:function" of its Ray Tune function trainable
 #: ``trainable(config, setup: TrialSetup, teacher_state) -> None``.
-TRAINABLES: Final[dict[str, str]] = {
-    "distillation": "trainables.distillation:distillation_trainable",
-    "structured_pruning": "trainables.structured_pruning:structured_pruning_trainable",
-    "unstructured_pruning": "trainables.unstructured_pruning:unstructured_pruning_trainable",
-    "quantization": "trainables.quantization:quantization_trainable",
-}
+TRAINABLES: Final[dict[str, str]] = {m.name: m.trainable for m in METHODS.values()}
 
 #: method -> "module:function" parsing its ``method_options``; a method absent here has none.
 OPTION_PARSERS: Final[dict[str, str]] = {
-    "structured_pruning": "trainables.structured_pruning:parse_options",
-    "unstructured_pruning": "trainables.unstructured_pruning:parse_options",
+    m.name: m.options for m in METHODS.values() if m.options is not None
 }
 
 
 def trainable_names() -> tuple[str, ...]:
     """The registered method names, in registration order."""
     return tuple(TRAINABLES)
+
+
+def method_descriptor(name: str) -> MethodDescriptor:
+    """The descriptor of method ``name``; ValueError for an unknown name."""
+    if name not in METHODS:
+        raise ValueError(f"method: must be one of {list(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def register_method(descriptor: MethodDescriptor) -> None:
+    """Register (or replace) the method ``descriptor.name``."""
+    METHODS[descriptor.name] = descriptor
+    register_trainable(descriptor.name, descriptor.trainable, options=descriptor.options)
+
+
+def unregister_method(name: str) -> None:
+    """Remove method ``name`` (its descriptor, trainable and options parser), if registered."""
+    METHODS.pop(name, None)
+    TRAINABLES.pop(name, None)
+    OPTION_PARSERS.pop(name, None)
 
 
 def register_trainable(name: str, target: str, *, options: str | None = None) -> None:
@@ -52,6 +80,21 @@ def register_trainable(name: str, target: str, *, options: str | None = None) ->
         OPTION_PARSERS.pop(name, None)
     else:
         OPTION_PARSERS[name] = options
+
+
+def method_parameters() -> dict[str, tuple[str, ...]]:
+    """method -> the searched parameters its trainable reads."""
+    return {name: tuple(m.parameters) for name, m in METHODS.items()}
+
+
+def searched_parameters() -> tuple[str, ...]:
+    """Every registered method's searched parameters, once each: the built-in parameters in
+    their logging order (``trainables.methods.PARAMETER_DOMAINS``), then any others."""
+    from trainables.methods import PARAMETER_DOMAINS
+
+    used = dict.fromkeys(p for m in METHODS.values() for p in m.parameters)
+    known = [p for p in PARAMETER_DOMAINS if p in used]
+    return (*known, *(p for p in used if p not in PARAMETER_DOMAINS))
 
 
 def _load(target: str) -> Callable[..., Any]:

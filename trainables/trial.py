@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from trainables.data import build_dataset
+from trainables.data.descriptors import dataset_descriptor
 from trainables.data.sample import ImageDataset
 from trainables.export import MODEL_FILE, export_model
 from trainables.loop import DivergedError, Evaluator, LoopConfig, Optimization
@@ -115,7 +116,7 @@ def image_size(setup: TrialSetup) -> int:
 def build_split(setup: TrialSetup, split: str, size: int | None) -> ImageDataset:
     """The data set of ``split`` as the study configures it."""
     options = dict(setup.dataset_options)
-    if setup.dataset == "shapes":
+    if dataset_descriptor(setup.dataset).generated:
         options["seed"] = setup.seed
         if size is not None:
             options["size"] = size

@@ -95,7 +95,9 @@ def test_every_name_in_all_exists_and_tags_are_distinct() -> None:
 
 
 def test_the_searched_params_cover_every_methods_parameters() -> None:
-    from study.spec import _METHOD_PARAMETERS
+    from trainables.registry import method_parameters
+
+    _METHOD_PARAMETERS = method_parameters()
 
     used = {p for params in _METHOD_PARAMETERS.values() for p in params}
     assert used == set(SEARCHED_PARAMS)

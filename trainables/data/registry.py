@@ -12,23 +12,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Final
 
+from trainables.data.descriptors import DATASETS, dataset_descriptor
 from trainables.data.sample import ImageDataset
 
 __all__ = ["DATASET_NAMES", "build_dataset", "dataset_factory", "dataset_options"]
 
-_FACTORIES: Final[dict[str, tuple[str, str]]] = {
-    "shapes": ("trainables.data.shapes", "ShapesDataset"),
-    "voc2012": ("trainables.data.voc", "VOCMultiLabel"),
-    "imagefolder": ("trainables.data.imagefolder", "ImageFolderData"),
-}
-DATASET_NAMES: Final[tuple[str, ...]] = tuple(_FACTORIES)
+DATASET_NAMES: Final[tuple[str, ...]] = tuple(DATASETS)
 
 
 def dataset_factory(name: str) -> Callable[..., ImageDataset]:
     """The data set class registered under ``name`` (imported now)."""
-    if name not in _FACTORIES:
-        raise ValueError(f"dataset name: must be one of {', '.join(DATASET_NAMES)}, got {name!r}")
-    module, attribute = _FACTORIES[name]
+    module, _, attribute = dataset_descriptor(name).factory.partition(":")
     factory: Callable[..., ImageDataset] = getattr(importlib.import_module(module), attribute)
     return factory
 
