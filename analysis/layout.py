@@ -107,9 +107,16 @@ STOPPED_TAG: Final = "apc.stopped_early"
 NAN_TAG: Final = "apc.nan_objectives"
 #: Every tag key of the layout (a source test keeps their literals in this module).
 TAG_KEYS: Final[tuple[str, ...]] = (
-    ROLE_TAG, PARENT_TAG, TRIAL_TAG, NODES_TAG, FAILURE_TAG, REPEATED_TAG, ORPHAN_TAG,
-    STOPPED_TAG, NAN_TAG,
-)  # fmt: skip
+    ROLE_TAG,
+    PARENT_TAG,
+    TRIAL_TAG,
+    NODES_TAG,
+    FAILURE_TAG,
+    REPEATED_TAG,
+    ORPHAN_TAG,
+    STOPPED_TAG,
+    NAN_TAG,
+)
 
 # Roles (values of ROLE_TAG).
 

@@ -117,10 +117,14 @@ def pie_summary(table: pa.Table, pies: npt.NDArray[np.bool_] | None = None) -> P
     """
     if pies is None:
         pies = np.array(
-            [a != b for a, b in zip(_labels(table, "predicted"),
-                                    _labels(table, "teacher_predicted"), strict=True)],
+            [
+                a != b
+                for a, b in zip(
+                    _labels(table, "predicted"), _labels(table, "teacher_predicted"), strict=True
+                )
+            ],
             dtype=bool,
-        )  # fmt: skip
+        )
     if pies.shape != (table.num_rows,):
         raise ValueError(f"pies: must hold one flag per row ({table.num_rows}), got {pies.shape}")
     groups: dict[str, dict[str, float]] = {"pie": {}, "rest": {}}

@@ -58,9 +58,11 @@ def _run(
         data.pop("scheduler", None)
         if asha:
             data["scheduler"] = {
-                "name": "asha", "metric": args.metric, "grace_period": args.grace_period,
+                "name": "asha",
+                "metric": args.metric,
+                "grace_period": args.grace_period,
                 "reduction_factor": args.reduction_factor,
-            }  # fmt: skip
+            }
     spec = parse_spec(data, base_dir=DEMO_SPEC.parent)
     outcome = run_study(spec, spec_text=text)
     results = trial_results(Path(spec.storage_path) / spec.name)
@@ -76,12 +78,14 @@ def _run(
     enqueued = []
     for point in spec.enqueue:
         row = next((r for r in finals.values() if _matches(r.get("config", {}), point)), None)
-        enqueued.append({
-            **dict(point),
-            "epochs": None if row is None else int(row["training_iteration"]),
-            "map": None if row is None else round(float(row["map"]), 2),
-            "attr_auc": None if row is None else round(float(row["attr_auc"]), 2),
-        })  # fmt: skip
+        enqueued.append(
+            {
+                **dict(point),
+                "epochs": None if row is None else int(row["training_iteration"]),
+                "map": None if row is None else round(float(row["map"]), 2),
+                "attr_auc": None if row is None else round(float(row["attr_auc"]), 2),
+            }
+        )
     return {
         "bench": BENCH,
         "scheduler": label,
@@ -129,15 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in records:
         emit(record)
     full, asha = records
-    emit({
-        "bench": BENCH, "summary": True, "metric": args.metric,
-        "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
-        "compute_saved": round(1 - asha["trial_s"] / full["trial_s"], 3),
-        "epochs_saved": round(1 - asha["epochs"] / full["epochs"], 3),
-        "wall_ratio": round(asha["wall_s"] / full["wall_s"], 3),
-        "bench_seconds": round(time.monotonic() - started, 1),
-        **environment("cpu"),
-    })  # fmt: skip
+    emit(
+        {
+            "bench": BENCH,
+            "summary": True,
+            "metric": args.metric,
+            "grace_period": args.grace_period,
+            "reduction_factor": args.reduction_factor,
+            "compute_saved": round(1 - asha["trial_s"] / full["trial_s"], 3),
+            "epochs_saved": round(1 - asha["epochs"] / full["epochs"], 3),
+            "wall_ratio": round(asha["wall_s"] / full["wall_s"], 3),
+            "bench_seconds": round(time.monotonic() - started, 1),
+            **environment("cpu"),
+        }
+    )
     return 0
 
 

@@ -461,9 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     )
     method_costs(
-        student, teacher, data.head(min(args.method_images, args.images)), args.methods,
-        batch_size=args.batch_size, device=device, env=env,
-    )  # fmt: skip
+        student,
+        teacher,
+        data.head(min(args.method_images, args.images)),
+        args.methods,
+        batch_size=args.batch_size,
+        device=device,
+        env=env,
+    )
     return 0 if agree else 1
 
 
@@ -483,8 +488,9 @@ def method_costs(
 
     def timed(chosen: tuple[str, ...]) -> tuple[float, Evaluation]:
         started = time.perf_counter()
-        result = evaluate(student, batches, teacher=teacher, device=device,
-                          attribution_methods=chosen)  # fmt: skip
+        result = evaluate(
+            student, batches, teacher=teacher, device=device, attribution_methods=chosen
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - started, result

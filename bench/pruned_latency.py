@@ -74,21 +74,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     times = time_interleaved(cases, rounds=args.rounds, warmup=1)
     env = environment("cpu")
     summary: dict[str, Any] = {
-        "bench": BENCH, "summary": True, "arch": args.arch, "width": args.width,
-        "image_size": args.image_size, "scheme": args.scheme, "load": os.getloadavg()[0], **env,
-    }  # fmt: skip
+        "bench": BENCH,
+        "summary": True,
+        "arch": args.arch,
+        "width": args.width,
+        "image_size": args.image_size,
+        "scheme": args.scheme,
+        "load": os.getloadavg()[0],
+        **env,
+    }
     for batch in batches:
         base = median(times[f"0.0/{batch}"])
         for rate in models:
             latency = median(times[f"{rate}/{batch}"])
             record = {
-                "bench": BENCH, "arch": args.arch, "scheme": args.scheme, "rate": rate,
-                "batch": batch, "params": params[rate],
+                "bench": BENCH,
+                "arch": args.arch,
+                "scheme": args.scheme,
+                "rate": rate,
+                "batch": batch,
+                "params": params[rate],
                 "param_fraction": round(params[rate] / params[0.0], 4),
-                "flops": flops[rate], "flops_fraction": round(flops[rate] / flops[0.0], 4),
+                "flops": flops[rate],
+                "flops_fraction": round(flops[rate] / flops[0.0], 4),
                 "latency_ms": round(latency * 1000, 3),
                 "latency_fraction": round(latency / base, 4),
-            }  # fmt: skip
+            }
             emit(record)
             if rate > 0:
                 summary[f"speedup_r{rate}_b{batch}"] = round(base / latency, 3)

@@ -71,20 +71,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             cases[f"{mode}/{batch}"] = inference_call(lower_for_cpu(model, batch, size), images)
     times = time_interleaved(cases, rounds=args.rounds, warmup=2)
     summary: dict[str, Any] = {
-        "bench": BENCH, "summary": True, "arch": args.arch, "width": args.width,
-        "image_size": size, "load": os.getloadavg()[0], **environment("cpu"),
-    }  # fmt: skip
+        "bench": BENCH,
+        "summary": True,
+        "arch": args.arch,
+        "width": args.width,
+        "image_size": size,
+        "load": os.getloadavg()[0],
+        **environment("cpu"),
+    }
     for batch in batches:
         base = median(times[f"fp32/{batch}"])
         for name in ["fp32", "fp32_folded", *quantized]:
             latency = median(times[f"{name}/{batch}"])
-            emit({
-                "bench": BENCH, "arch": args.arch, "mode": name, "batch": batch,
-                "model_bytes": sizes[name],
-                "bytes_fraction": round(sizes[name] / sizes["fp32"], 4),
-                "latency_ms": round(latency * 1000, 3),
-                "latency_fraction": round(latency / base, 4),
-            })  # fmt: skip
+            emit(
+                {
+                    "bench": BENCH,
+                    "arch": args.arch,
+                    "mode": name,
+                    "batch": batch,
+                    "model_bytes": sizes[name],
+                    "bytes_fraction": round(sizes[name] / sizes["fp32"], 4),
+                    "latency_ms": round(latency * 1000, 3),
+                    "latency_fraction": round(latency / base, 4),
+                }
+            )
             if name != "fp32":
                 summary[f"speedup_{name}_b{batch}"] = round(base / latency, 3)
     for name in quantized:

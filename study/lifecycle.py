@@ -199,10 +199,12 @@ def driver_lock(folder: Path, *, name: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise StudyLockedError([
-                f"name: study {name!r} is in use by {holder} (lock {path}); wait for that "
-                "driver to end or stop it, then try again"
-            ]) from None  # fmt: skip
+            raise StudyLockedError(
+                [
+                    f"name: study {name!r} is in use by {holder} (lock {path}); wait for that "
+                    "driver to end or stop it, then try again"
+                ]
+            ) from None
         handle.seek(0)
         handle.truncate()
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -103,8 +103,11 @@ def read_json_lines(text: str, *, source: str) -> JsonLines:
         logger.warning(
             "apc: skipped %d torn line(s) of %s (line %s: not a whole JSON object, e.g. a write "
             "cut short by a kill); the other %d line(s) are read",
-            len(torn), source, ", ".join(map(str, torn)), len(records),
-        )  # fmt: skip
+            len(torn),
+            source,
+            ", ".join(map(str, torn)),
+            len(records),
+        )
     return JsonLines(records, torn)
 
 
@@ -159,9 +162,10 @@ class LogQueue:
         self._apply = apply
         self.spool = spool
         self.quarantine = (
-            quarantine if quarantine is not None
+            quarantine
+            if quarantine is not None
             else spool.with_name(f"{spool.stem}.quarantine.jsonl")
-        )  # fmt: skip
+        )
         self._max_backoff_s = max_backoff_s
         self._records: deque[Record] = deque()
         self._condition = threading.Condition()
@@ -235,8 +239,10 @@ class LogQueue:
             logger.warning(
                 "apc: MLflow refused a %s record (%s); it is %s, and so is every further "
                 "record it refuses (the records after each go on)",
-                record.get("op"), reason, kept,
-            )  # fmt: skip
+                record.get("op"),
+                reason,
+                kept,
+            )
 
     def flush(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for every queued record to be applied; True if they were."""

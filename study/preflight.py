@@ -313,9 +313,11 @@ def _checkpoint_fit(spec: Spec, num_classes: int) -> list[str]:
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = build_model(
-                spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
+                spec.teacher.arch,
+                num_classes=num_classes,
+                image_size=spec.dataset.image_size,
                 width_divisor=spec.teacher.width,
-            )  # fmt: skip
+            )
     except Exception:  # unreadable: the spec's validation reports it
         return []
     if not isinstance(state, Mapping):

@@ -125,8 +125,12 @@ def _prepare(spec: Spec, local: Path) -> tuple[TeacherResult, float, TrialSetup]
 
 
 def _log_teacher(tracker: StudyTracker, spec: Spec, teacher: TeacherResult) -> str:
-    params = {"arch": spec.teacher.arch, "width": str(spec.teacher.width),
-              "weights": str(teacher.path), "cache_key": teacher.key}  # fmt: skip
+    params = {
+        "arch": spec.teacher.arch,
+        "width": str(spec.teacher.width),
+        "weights": str(teacher.path),
+        "cache_key": teacher.key,
+    }
     return tracker.log_teacher(teacher.metrics, params, weights=teacher.path)
 
 
@@ -177,10 +181,12 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
     scheduler = None
     if spec.scheduler is not None:
         scheduler = tune.schedulers.ASHAScheduler(
-            metric=spec.scheduler.metric, mode=spec.scheduler.mode, max_t=spec.epochs,
+            metric=spec.scheduler.metric,
+            mode=spec.scheduler.mode,
+            max_t=spec.epochs,
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
-        )  # fmt: skip
+        )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -225,22 +231,34 @@ def _driver_environment() -> None:
 
 
 def _fit(
-    spec: Spec, tracker: StudyTracker, tuner: Any, *, started: float, teacher_seconds: float,
+    spec: Spec,
+    tracker: StudyTracker,
+    tuner: Any,
+    *,
+    started: float,
+    teacher_seconds: float,
     ray_init_seconds: float,
-) -> StudyOutcome:  # fmt: skip
+) -> StudyOutcome:
     tune_started = time.monotonic()
     grid = tuner.fit()
     tune_seconds = time.monotonic() - tune_started
     complete = grid.num_terminated + grid.num_errors >= spec.trials
     unlogged = tracker.close(status="FINISHED" if complete else "KILLED", timeout_s=FLUSH_TIMEOUT_S)
     return StudyOutcome(
-        tracker.parent_run_id, len(grid), grid.num_errors, time.monotonic() - started,
-        teacher_seconds=teacher_seconds, ray_init_seconds=ray_init_seconds,
-        tune_seconds=tune_seconds, complete=complete, unlogged=unlogged,
-        spool=tracker.spool if unlogged else None, mlflow_outage_s=tracker.outage_s,
+        tracker.parent_run_id,
+        len(grid),
+        grid.num_errors,
+        time.monotonic() - started,
+        teacher_seconds=teacher_seconds,
+        ray_init_seconds=ray_init_seconds,
+        tune_seconds=tune_seconds,
+        complete=complete,
+        unlogged=unlogged,
+        spool=tracker.spool if unlogged else None,
+        mlflow_outage_s=tracker.outage_s,
         quarantined=tracker.quarantined,
         quarantine=tracker.quarantine if tracker.quarantined else None,
-    )  # fmt: skip
+    )
 
 
 def _experiment(spec: Spec) -> tuple[str, Path, str, Path]:
@@ -253,8 +271,9 @@ def run_problems(spec: Spec) -> list[str]:
     """Why ``apc run`` may not start ``spec`` under its name (study.lifecycle); [] if it may."""
     _, _, experiment, spool = _experiment(spec)
     state = study_state(spec.tracking_uri, spec.name, experiment=experiment, spool=spool)
-    return run_refusals(state, name=spec.name, tracking_uri=spec.tracking_uri,
-                        experiment=experiment)  # fmt: skip
+    return run_refusals(
+        state, name=spec.name, tracking_uri=spec.tracking_uri, experiment=experiment
+    )
 
 
 def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyOutcome:
@@ -273,8 +292,9 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
     storage, local, experiment, spool = _experiment(spec)
     with driver_lock(local / spec.name, name=spec.name):
         state = study_state(spec.tracking_uri, spec.name, experiment=experiment, spool=spool)
-        problems = run_refusals(state, name=spec.name, tracking_uri=spec.tracking_uri,
-                                experiment=experiment)  # fmt: skip
+        problems = run_refusals(
+            state, name=spec.name, tracking_uri=spec.tracking_uri, experiment=experiment
+        )
         if problems:
             raise LifecycleError(problems)
         if state.never_tuned:
@@ -289,12 +309,20 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
             teacher_run = _log_teacher(tracker, spec, teacher)
             started_ray, ray_init_seconds = _start_ray(spec)
             callback = tune_callback(
-                tracker, method=spec.method, teacher_run_id=teacher_run,
+                tracker,
+                method=spec.method,
+                teacher_run_id=teacher_run,
                 iterations=spec.epochs if spec.scheduler is not None else None,
-            )  # fmt: skip
+            )
             tuner = _tuner(spec, _trainable(spec, setup, teacher), storage, callback)
-            return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
-                        ray_init_seconds=ray_init_seconds)  # fmt: skip
+            return _fit(
+                spec,
+                tracker,
+                tuner,
+                started=started,
+                teacher_seconds=teacher_seconds,
+                ray_init_seconds=ray_init_seconds,
+            )
         except BaseException:
             tracker.close(status="FAILED", timeout_s=10.0)
             raise
@@ -323,10 +351,12 @@ def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
         )
         data = yaml.safe_load(Path(text).read_text("utf-8"))
     except (MlflowException, OSError, yaml.YAMLError) as error:
-        raise ResumeError([
-            f"name: study {name!r} (run {parent}) has no readable {EFFECTIVE_SPEC_FILE} "
-            f"to resume from ({error})"
-        ]) from None  # fmt: skip
+        raise ResumeError(
+            [
+                f"name: study {name!r} (run {parent}) has no readable {EFFECTIVE_SPEC_FILE} "
+                f"to resume from ({error})"
+            ]
+        ) from None
     if isinstance(data, dict):
         data["tracking_uri"] = tracking_uri  # where it was found, whatever the spec said
     try:
@@ -364,9 +394,15 @@ def _tune_trials(experiment: str) -> list[dict[str, Any]]:
         except (FileNotFoundError, OSError):
             text = ""  # no result yet
         results = read_json_lines(text, source=f"{path}/result.json").records
-        trials.append({"trial": trial.trial_id, "config": dict(trial.config),
-                       "status": trial.status, "results": results,
-                       "checkpoint": trial.checkpoint})  # fmt: skip
+        trials.append(
+            {
+                "trial": trial.trial_id,
+                "config": dict(trial.config),
+                "status": trial.status,
+                "results": results,
+                "checkpoint": trial.checkpoint,
+            }
+        )
     return trials
 
 
@@ -396,20 +432,23 @@ def resume_study(name: str, *, tracking_uri: str) -> tuple[Spec, StudyOutcome]:
         # No driver ever ran here: refuse before the lock file would be written.
         _require_tune_state(spec, experiment)
     with driver_lock(local / spec.name, name=spec.name):
-        return spec, _resume_locked(spec, parent, experiment=experiment, local=local,
-                                    spool=spool, started=started)  # fmt: skip
+        return spec, _resume_locked(
+            spec, parent, experiment=experiment, local=local, spool=spool, started=started
+        )
 
 
 def _require_tune_state(spec: Spec, experiment: str) -> None:
     from ray import tune
 
     if not tune.Tuner.can_restore(experiment):
-        raise ResumeError([
-            f"name: study {spec.name!r} has no Tune state in {experiment} to resume: its "
-            "driver stopped before the trials started, so nothing is lost; run it again "
-            f"under its name (`apc run SPEC --name {spec.name}`), or check that the storage "
-            "path did not move"
-        ])  # fmt: skip
+        raise ResumeError(
+            [
+                f"name: study {spec.name!r} has no Tune state in {experiment} to resume: its "
+                "driver stopped before the trials started, so nothing is lost; run it again "
+                f"under its name (`apc run SPEC --name {spec.name}`), or check that the storage "
+                "path did not move"
+            ]
+        )
 
 
 def _resume_locked(
@@ -422,8 +461,9 @@ def _resume_locked(
     # Read before the study run is marked running again: what Tune's storage holds cannot
     # fail a resume half-way.
     trials = _tune_trials(experiment)
-    tracker = StudyTracker(spec.tracking_uri, name=spec.name, objectives=spec.objectives,
-                           spool=spool)  # fmt: skip
+    tracker = StudyTracker(
+        spec.tracking_uri, name=spec.name, objectives=spec.objectives, spool=spool
+    )
     replayed = tracker.attach(parent)
     if replayed:
         print(f"apc resume: delivering {replayed} MLflow records kept from before")
@@ -436,11 +476,20 @@ def _resume_locked(
         tracker.backfill(trials, method=spec.method, teacher_run_id=teacher_run)
         started_ray, ray_init_seconds = _start_ray(spec)
         tuner = tune.Tuner.restore(
-            experiment, trainable=_trainable(spec, setup, teacher),
-            resume_unfinished=True, resume_errored=False, restart_errored=False,
-        )  # fmt: skip
-        return _fit(spec, tracker, tuner, started=started, teacher_seconds=teacher_seconds,
-                    ray_init_seconds=ray_init_seconds)  # fmt: skip
+            experiment,
+            trainable=_trainable(spec, setup, teacher),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+        return _fit(
+            spec,
+            tracker,
+            tuner,
+            started=started,
+            teacher_seconds=teacher_seconds,
+            ray_init_seconds=ray_init_seconds,
+        )
     except BaseException:
         tracker.close(status="FAILED", timeout_s=10.0)
         raise

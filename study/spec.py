@@ -122,8 +122,12 @@ MAX_RESOURCES: Final = 1024
 
 #: The keys that hold paths; each follows :data:`PATH_RULE`.
 PATH_KEYS: Final[tuple[str, ...]] = (
-    "search_space", "dataset.root", "teacher.checkpoint", "storage_path", "tracking_uri",
-)  # fmt: skip
+    "search_space",
+    "dataset.root",
+    "teacher.checkpoint",
+    "storage_path",
+    "tracking_uri",
+)
 #: How a spec's paths are read (``apc validate`` says it; docs/design.md, "Paths").
 PATH_RULE: Final = (
     "paths: a relative one is taken from the spec's folder (from the working folder when "
@@ -446,11 +450,27 @@ def _checkpoint_problem(file: Path, shown: str) -> str | None:
 
 
 _TOP_KEYS = (
-    "name", "seed", "dataset", "teacher", "method", "method_options", "search_space", "enqueue",
-    "objectives", "sampler", "trials", "max_concurrent", "epochs", "training",
-    "resources_per_trial", "scheduler", "evaluation", "tracking_uri", "storage_path",
+    "name",
+    "seed",
+    "dataset",
+    "teacher",
+    "method",
+    "method_options",
+    "search_space",
+    "enqueue",
+    "objectives",
+    "sampler",
+    "trials",
+    "max_concurrent",
+    "epochs",
+    "training",
+    "resources_per_trial",
+    "scheduler",
+    "evaluation",
+    "tracking_uri",
+    "storage_path",
     "ray_address",
-)  # fmt: skip
+)
 
 
 def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
@@ -778,9 +798,14 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
     if "name" not in data:
         problems.append("name: is required (the study's name, e.g. name: my-study)")
     name = s.get(
-        "name", "", lambda v: None if isinstance(v, str) and _NAME_PATTERN.fullmatch(v) else
-        "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
-    )  # fmt: skip
+        "name",
+        "",
+        lambda v: (
+            None
+            if isinstance(v, str) and _NAME_PATTERN.fullmatch(v)
+            else "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        ),
+    )
     method = s.get("method", "distillation", _choice(trainable_names()))
     descriptor = REGISTERED_METHODS.get(method)
     default_space = descriptor.search_space if descriptor is not None else None

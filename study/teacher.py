@@ -104,18 +104,22 @@ def prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherR
     num_classes = plan.num_classes
     torch.manual_seed(spec.seed)  # the initial weights too: a cache key must mean one teacher
     model = build_model(
-        spec.teacher.arch, num_classes=num_classes, image_size=spec.dataset.image_size,
-        width_divisor=spec.teacher.width, pretrained=spec.teacher.pretrained,
-    )  # fmt: skip
+        spec.teacher.arch,
+        num_classes=num_classes,
+        image_size=spec.dataset.image_size,
+        width_divisor=spec.teacher.width,
+        pretrained=spec.teacher.pretrained,
+    )
     _, eval_loader = make_loaders(plan.trial)
     train_loader, _ = make_loaders(setup)
 
     evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
     # The teacher's row of each further method's table: measured once, like a trial's last epoch.
     further = make_evaluator(
-        eval_loader, multi_label=setup.multi_label,
+        eval_loader,
+        multi_label=setup.multi_label,
         attribution_methods=("grad_cam", *setup.attribution_methods),
-    )  # fmt: skip
+    )
 
     def final_evaluation(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
         # A loaded teacher reports what a trained one does: its metrics and its size.
@@ -146,9 +150,14 @@ def prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherR
         seed=spec.seed,
     )
     train_student(
-        model, None, train_loader, config=loop, matching=MatchingConfig(kind="none"),
-        evaluate=evaluation, report=report,
-    )  # fmt: skip
+        model,
+        None,
+        train_loader,
+        config=loop,
+        matching=MatchingConfig(kind="none"),
+        evaluate=evaluation,
+        report=report,
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     partial = path.with_suffix(".tmp")

@@ -197,10 +197,11 @@ class StudyTracker:
         parent = parent_filter(self.parent_run_id)
         return list(
             self.client.search_runs(
-                [self.experiment_id], filter_string=f"{parent} AND {filter_string}",
+                [self.experiment_id],
+                filter_string=f"{parent} AND {filter_string}",
                 max_results=50000,
             )
-        )  # fmt: skip
+        )
 
     def log_teacher(
         self,
@@ -243,8 +244,15 @@ class StudyTracker:
             self._queue.put({"op": "node", "trial": trial_id, "node": node})
         batch = _metric_batch(result)
         if batch:
-            self._queue.put({"op": "metrics", "trial": trial_id, "metrics": batch, "step": step,
-                             "time": int(time.time() * 1000)})  # fmt: skip
+            self._queue.put(
+                {
+                    "op": "metrics",
+                    "trial": trial_id,
+                    "metrics": batch,
+                    "step": step,
+                    "time": int(time.time() * 1000),
+                }
+            )
 
     def trial_objectives(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
         """Tag the run with the objectives the sampler was told the worst value for, and why.
@@ -306,16 +314,25 @@ class StudyTracker:
             params = trial_params(trial["config"], method=method, teacher_run_id=teacher_run_id)
             self.trial_started(trial_id, params)
             results = [
-                {"step": int(r["epoch"]), "metrics": _metric_batch(r),
-                 "time": int(float(r.get("timestamp", 0)) * 1000), "node": r.get("node_id")}
-                for r in trial["results"] if "epoch" in r
-            ]  # fmt: skip
+                {
+                    "step": int(r["epoch"]),
+                    "metrics": _metric_batch(r),
+                    "time": int(float(r.get("timestamp", 0)) * 1000),
+                    "node": r.get("node_id"),
+                }
+                for r in trial["results"]
+                if "epoch" in r
+            ]
             self._queue.put({"op": "backfill", "trial": trial_id, "results": results})
             if trial["status"] in ("TERMINATED", "ERROR"):
                 last = trial["results"][-1] if trial["results"] else None
-                self._queue.put({"op": "end_if_running", "trial": trial_id,
-                                 "status": "FINISHED" if trial["status"] == "TERMINATED"
-                                 else "FAILED"})  # fmt: skip
+                self._queue.put(
+                    {
+                        "op": "end_if_running",
+                        "trial": trial_id,
+                        "status": "FINISHED" if trial["status"] == "TERMINATED" else "FAILED",
+                    }
+                )
                 if trial["status"] == "TERMINATED":
                     self.trial_objectives(trial_id, last)
                     self.trial_artifacts(trial_id, trial["checkpoint"])
@@ -391,8 +408,9 @@ class StudyTracker:
             logged = {m.step for m in self.client.get_metric_history(run_id, "loss")}
             for result in record["results"]:
                 if result["step"] not in logged and result["metrics"]:
-                    self._log_batch(run_id, result["metrics"], step=result["step"],
-                                    time_ms=result["time"])  # fmt: skip
+                    self._log_batch(
+                        run_id, result["metrics"], step=result["step"], time_ms=result["time"]
+                    )
                     self._note_repeats(trial_id, run_id, result["step"])
                 if result["node"]:
                     self._apply({"op": "node", "trial": trial_id, "node": result["node"]})
@@ -429,17 +447,24 @@ class StudyTracker:
         repeated = self._repeated.setdefault(trial_id, set())
         repeated.add(step)
         steps = ",".join(str(s) for s in sorted(repeated))
-        self.client.set_tag(run_id, REPEATED_TAG, f"{steps} (re-run after a resume; the later "
-                            "value of each is the one that counts)")  # fmt: skip
+        self.client.set_tag(
+            run_id,
+            REPEATED_TAG,
+            f"{steps} (re-run after a resume; the later value of each is the one that counts)",
+        )
 
     def _discard(self, known: set[str]) -> None:
         for run in self._search(role_filter(TRIAL_ROLE)):
             trial_id = run.data.tags.get(TRIAL_TAG, "")
             if trial_id in known:
                 continue
-            self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started after Tune's last "
-                                "snapshot before its driver died; `apc resume` ran its place "
-                                "in the study again as another trial")  # fmt: skip
+            self.client.set_tag(
+                run.info.run_id,
+                ORPHAN_TAG,
+                "started after Tune's last "
+                "snapshot before its driver died; `apc resume` ran its place "
+                "in the study again as another trial",
+            )
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
             self.client.delete_run(run.info.run_id)

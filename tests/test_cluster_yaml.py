@@ -187,9 +187,11 @@ def test_setup_installs_the_lock_then_the_project_without_resolving() -> None:
     setup = _config()["setup_commands"]  # every node: the trials run on the workers
     installs = _program_args(setup, "pip", "install")
     lock_at = [
-        i for i, args in enumerate(installs)
-        if "--require-hashes" in args and _option(args, "-r") == "/home/ubuntu/apc/requirements.lock"
-    ]  # fmt: skip
+        i
+        for i, args in enumerate(installs)
+        if "--require-hashes" in args
+        and _option(args, "-r") == "/home/ubuntu/apc/requirements.lock"
+    ]
     assert lock_at, f"setup_commands must `pip install --require-hashes -r` the lock: {installs}"
     project_at = [i for i, args in enumerate(installs) if "-e" in args]
     assert project_at, "setup_commands must install the project (`pip install -e ...`)"

@@ -81,3 +81,16 @@ def test_readme_names_the_locked_versions() -> None:
         f"{name} {' / '.join(str(v) for v in sorted(pins[name]))}" for name in KEY_PACKAGES
     )
     assert line == f"Tested with {expected} (requirements.lock)."
+
+
+def test_the_formatter_decides_the_layout_everywhere() -> None:
+    """The formatting policy (pyproject.toml, [tool.ruff]): no per-line opt-outs."""
+    markers = ("fmt: " + "skip", "fmt: " + "off")  # split, or this file would match itself
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in ("study", "analysis", "trainables", "search_spaces", "bench", "tests")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(marker in line for marker in markers)
+    ]
+    assert not found, f"formatter opt-outs: {found}"

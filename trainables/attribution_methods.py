@@ -657,15 +657,25 @@ def _module(node: _Affine, *, split_input: bool = False) -> nn.Module:
     layer: nn.Linear | nn.Conv2d
     if node.conv is None:
         layer = torch.nn.utils.skip_init(
-            nn.Linear, in_features, out_features, bias=bias, device=weight.device,
+            nn.Linear,
+            in_features,
+            out_features,
+            bias=bias,
+            device=weight.device,
             dtype=weight.dtype,
-        )  # fmt: skip
+        )
     else:
         groups = node.conv["groups"]
         layer = torch.nn.utils.skip_init(
-            nn.Conv2d, in_features * groups, out_features, tuple(weight.shape[2:]),
-            bias=bias, device=weight.device, dtype=weight.dtype, **node.conv,
-        )  # fmt: skip
+            nn.Conv2d,
+            in_features * groups,
+            out_features,
+            tuple(weight.shape[2:]),
+            bias=bias,
+            device=weight.device,
+            dtype=weight.dtype,
+            **node.conv,
+        )
     with torch.no_grad():
         layer.weight.copy_(weight)
         if node.bias is not None and layer.bias is not None:

@@ -44,9 +44,11 @@ def student_divisor(setup: TrialSetup, student_width: int) -> int:
 
 def _build_student(config: Mapping[str, Any], setup: TrialSetup) -> nn.Module:
     return build_model(
-        setup.arch, num_classes=setup.num_classes, image_size=image_size(setup),
+        setup.arch,
+        num_classes=setup.num_classes,
+        image_size=image_size(setup),
         width_divisor=student_divisor(setup, int(config.get("student_width", 2))),
-    )  # fmt: skip
+    )
 
 
 def run_distillation(
@@ -65,16 +67,23 @@ def run_distillation(
     student = _build_student(config, setup)
     train_loader, eval_loader = make_loaders(setup)
     sizes = SizeProbe(
-        image_size(setup), final_epoch=setup.epochs - 1,
+        image_size(setup),
+        final_epoch=setup.epochs - 1,
         next_epoch=0 if resume is None else resume.epoch,
         reference_params=count_params(teacher),
-    )  # fmt: skip
+    )
     train_student(
-        student, teacher, train_loader, config=loop_config(config, setup),
+        student,
+        teacher,
+        train_loader,
+        config=loop_config(config, setup),
         matching=matching_config(config),
         evaluate=make_evaluator(eval_loader, multi_label=setup.multi_label, device=device),
-        report=report, hooks=CompressionHooks(size_metrics=sizes), resume=resume, device=device,
-    )  # fmt: skip
+        report=report,
+        hooks=CompressionHooks(size_metrics=sizes),
+        resume=resume,
+        device=device,
+    )
 
 
 def _run_with_payload(
@@ -94,9 +103,13 @@ def _run_with_payload(
         report(epoch, metrics, state.as_dict(), model=model)
 
     run_distillation(
-        config, setup, teacher_state, report=report_state,
-        resume=None if resume is None else TrainState.from_dict(resume), device=device,
-    )  # fmt: skip
+        config,
+        setup,
+        teacher_state,
+        report=report_state,
+        resume=None if resume is None else TrainState.from_dict(resume),
+        device=device,
+    )
 
 
 def distillation_trainable(

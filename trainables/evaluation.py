@@ -255,9 +255,9 @@ def _score_pairs(
     if masks is not None:
         pair_masks = masks[pairs.rows, pairs.targets]  # [P, H_m, W_m]
         mask_size = (pair_masks.shape[-2], pair_masks.shape[-1])
-        at_masks = student_maps if mask_size == image_size else upsample_maps(
-            student_maps, mask_size
-        )  # fmt: skip
+        at_masks = (
+            student_maps if mask_size == image_size else upsample_maps(student_maps, mask_size)
+        )
         scores.auc = roc_auc(at_masks, pair_masks).cpu()
         hit = pointing_game(at_masks, pair_masks).to(torch.float64)
         empty = ~pair_masks.flatten(1).any(dim=1)
@@ -271,8 +271,11 @@ def _score_pairs(
 
 #: Pair score (:class:`_PairScores` field) -> the attribution metric it is averaged into.
 _SCORE_METRICS: Final[dict[str, str]] = {
-    "auc": "attr_auc", "hit": "point_acc", "cos": "attr_cos", "l2": "attr_l2",
-}  # fmt: skip
+    "auc": "attr_auc",
+    "hit": "point_acc",
+    "cos": "attr_cos",
+    "l2": "attr_l2",
+}
 #: Attribution metrics that are percentages.
 _PERCENT_SCORES: Final = frozenset({"auc", "hit"})
 
@@ -454,9 +457,14 @@ def _run(
             scores = None
             if batch_pairs is not None:
                 scores = _score_pairs(
-                    method, model, features, batch_pairs, masks=masks, teacher=teacher,
+                    method,
+                    model,
+                    features,
+                    batch_pairs,
+                    masks=masks,
+                    teacher=teacher,
                     teacher_features=teacher_features,
-                )  # fmt: skip
+                )
             _record_pairs(
                 acc, method, scores, size, masks=masks is not None, teacher=teacher is not None
             )

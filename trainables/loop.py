@@ -133,9 +133,11 @@ def _teacher_cache(
     dataset = train_loader.dataset
     size = len(dataset)  # type: ignore[arg-type]
     in_order = DataLoader(
-        dataset, batch_size=train_loader.batch_size or 1, shuffle=False,
+        dataset,
+        batch_size=train_loader.batch_size or 1,
+        shuffle=False,
         num_workers=train_loader.num_workers,
-    )  # fmt: skip
+    )
     return TeacherCache.build(teacher, in_order, size=size, device=device)
 
 
@@ -196,9 +198,11 @@ def train_student(
         )
     else:
         optimizer = torch.optim.SGD(
-            student.parameters(), lr=settings.lr, momentum=settings.momentum,
+            student.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
             weight_decay=settings.weight_decay,
-        )  # fmt: skip
+        )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     start = 0
     if resume is not None:
@@ -239,12 +243,17 @@ def train_student(
                     teacher, images, labels, matching, generator=generator, outputs=outputs
                 )
                 loss = distillation_loss(
-                    logits, targets.logits, labels, temperature=settings.kd_temperature,
-                    alpha=settings.kd_alpha, multi_label=config.multi_label,
-                )  # fmt: skip
+                    logits,
+                    targets.logits,
+                    labels,
+                    temperature=settings.kd_temperature,
+                    alpha=settings.kd_alpha,
+                    multi_label=config.multi_label,
+                )
                 if matching.kind != "none" and config.beta > 0:
-                    match = matching_loss(student, features, logits, targets, matching,
-                                          generator=generator)  # fmt: skip
+                    match = matching_loss(
+                        student, features, logits, targets, matching, generator=generator
+                    )
                     loss = loss + config.beta * match
             value = float(loss.detach())
             if not math.isfinite(value):

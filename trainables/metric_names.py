@@ -48,9 +48,12 @@ METRICS: Final[dict[str, tuple[Direction, str]]] = {
 #: The attribution methods evaluation can score maps of (``trainables.attribution_methods``)
 #: and how tables name them; the first, Grad-CAM, is the one every epoch is scored with.
 ATTRIBUTION_METHOD_LABELS: Final[dict[str, str]] = {
-    "grad_cam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "lrp": "LRP",
-    "ebp": "EBP", "rap": "RAP",
-}  # fmt: skip
+    "grad_cam": "Grad-CAM",
+    "integrated_gradients": "Integrated Gradients",
+    "lrp": "LRP",
+    "ebp": "EBP",
+    "rap": "RAP",
+}
 ATTRIBUTION_METHOD_NAMES: Final[tuple[str, ...]] = tuple(ATTRIBUTION_METHOD_LABELS)
 #: The metrics that score attribution maps; each also exists per further method (``method_metric``).
 ATTRIBUTION_METRICS: Final[tuple[str, ...]] = ("attr_auc", "point_acc", "attr_cos", "attr_l2")

@@ -122,10 +122,14 @@ def save_overlay_maps(maps: OverlayMaps, path: str | Path) -> Path:
     target = Path(path)
     with target.open("wb") as file:
         np.savez_compressed(
-            file, images=maps.images, indices=maps.indices, targets=maps.targets,
+            file,
+            images=maps.images,
+            indices=maps.indices,
+            targets=maps.targets,
             class_names=np.array(maps.class_names, dtype=str),
-            teacher=maps.teacher.astype(np.float16), student=maps.student.astype(np.float16),
-        )  # fmt: skip
+            teacher=maps.teacher.astype(np.float16),
+            student=maps.student.astype(np.float16),
+        )
     return target
 
 

@@ -369,9 +369,14 @@ def _dynamic_quantizer() -> Any:
     )
 
     weight = QuantizationSpec(
-        dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_channel_symmetric,
-        ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=PerChannelMinMaxObserver,
-    )  # fmt: skip
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=PerChannelMinMaxObserver,
+    )
 
     class ConvWeights(Quantizer):  # type: ignore[misc]  # torchao is untyped
         """int8 per-channel weights of every convolution, activations left in float."""
@@ -648,8 +653,9 @@ def _calibration_batches(setup: TrialSetup, size: int) -> DataLoader[Any]:
     """The first ``size`` training images (all when fewer), in index order."""
     train = build_split(setup, "train", setup.train_size)
     subset = Subset(train, range(min(size, len(train))))
-    return DataLoader(subset, batch_size=setup.batch_size, shuffle=False,
-                      num_workers=setup.num_workers)  # fmt: skip
+    return DataLoader(
+        subset, batch_size=setup.batch_size, shuffle=False, num_workers=setup.num_workers
+    )
 
 
 def _images(loader: Iterable[Mapping[str, Any]]) -> Iterable[Tensor]:
@@ -686,15 +692,21 @@ def run_quantization(
 
     def sizes(model: QuantizedNet, final: bool) -> dict[str, float]:
         metrics = quantized_size_metrics(
-            model, size, params=params, flops=flops, reference_params=reference,
-            large_batch=32 if final else None, latency_ms=measured.get("latency_ms"),
-        )  # fmt: skip
+            model,
+            size,
+            params=params,
+            flops=flops,
+            reference_params=reference,
+            large_batch=32 if final else None,
+            latency_ms=measured.get("latency_ms"),
+        )
         measured.setdefault("latency_ms", metrics["latency_ms"])
         return metrics
 
     if settings.mode != "qat_int8":
-        _run_ptq(settings, setup, teacher, evaluate, sizes, report=report, resume=resume,
-                 device=device)  # fmt: skip
+        _run_ptq(
+            settings, setup, teacher, evaluate, sizes, report=report, resume=resume, device=device
+        )
         return
     student = prepare_qat(teacher, size)
     state = None if resume is None else TrainState.from_dict(resume)
@@ -715,14 +727,22 @@ def run_quantization(
 
     def report_state(epoch: int, metrics: dict[str, float], train_state: TrainState) -> None:
         final = epoch == setup.epochs - 1
-        report(epoch, metrics, train_state.as_dict(),
-               model=converted["view"].cpu() if final else None)  # fmt: skip
+        report(
+            epoch, metrics, train_state.as_dict(), model=converted["view"].cpu() if final else None
+        )
 
     train_student(
-        student, teacher, train_loader, config=loop_config(config, setup),
-        matching=matching_config(config), evaluate=evaluate_int8, report=report_state,
-        hooks=CompressionHooks(size_metrics=size_hook), resume=state, device=device,
-    )  # fmt: skip
+        student,
+        teacher,
+        train_loader,
+        config=loop_config(config, setup),
+        matching=matching_config(config),
+        evaluate=evaluate_int8,
+        report=report_state,
+        hooks=CompressionHooks(size_metrics=size_hook),
+        resume=state,
+        device=device,
+    )
 
 
 def _run_ptq(
@@ -747,9 +767,12 @@ def _run_ptq(
         else ()
     )
     model = quantize_ptq(
-        teacher, settings.mode, image_size=image_size(setup), calibration=calibration,
+        teacher,
+        settings.mode,
+        image_size=image_size(setup),
+        calibration=calibration,
         observer=settings.observer,
-    )  # fmt: skip
+    )
     view = evaluation_view(model)
     quantized = time.perf_counter()
     metrics: dict[str, float] = dict(evaluate(view.to(device), teacher.to(device)))

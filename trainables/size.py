@@ -76,9 +76,12 @@ def _sparse_if_smaller(tensor: Tensor) -> Tensor:
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
         csr = matrix.to_sparse_csr()
     return torch.sparse_csr_tensor(
-        csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-        csr.values(), size=matrix.shape, check_invariants=False,
-    )  # fmt: skip
+        csr.crow_indices().to(torch.int32),
+        csr.col_indices().to(torch.int32),
+        csr.values(),
+        size=matrix.shape,
+        check_invariants=False,
+    )
 
 
 def sparse_state_dict_bytes(model: nn.Module) -> int:
@@ -207,7 +210,10 @@ class SizeProbe:
         epoch = self.next_epoch
         self.next_epoch += 1
         metrics = size_metrics(
-            model, self.image_size, reference_params=self.reference_params, sparse=self.sparse,
+            model,
+            self.image_size,
+            reference_params=self.reference_params,
+            sparse=self.sparse,
             large_batch=32 if epoch >= self.final_epoch else None,
-        )  # fmt: skip
+        )
         return {**metrics, **(self.extra or {})}

@@ -223,9 +223,14 @@ def prune_structured(
             p=1, normalizer="mean", group_reduction="first"
         )
         pruner = tp.pruner.MetaPruner(
-            pruned, example, importance=importance, global_pruning=True, pruning_ratio=rate,
-            max_pruning_ratio=max_layer_rate, ignored_layers=linears,
-        )  # fmt: skip
+            pruned,
+            example,
+            importance=importance,
+            global_pruning=True,
+            pruning_ratio=rate,
+            max_pruning_ratio=max_layer_rate,
+            ignored_layers=linears,
+        )
     else:
         convs = dict(conv_layers(pruned))
         rates = layer_rates(pruned, rate=rate, scheme=scheme, layers=layers)
@@ -234,10 +239,13 @@ def prune_structured(
             p=1, normalizer=None, group_reduction="first"
         )
         pruner = tp.pruner.MetaPruner(
-            pruned, example, importance=importance, pruning_ratio=0.0,
+            pruned,
+            example,
+            importance=importance,
+            pruning_ratio=0.0,
             pruning_ratio_dict={convs[name]: r for name, r in rates.items() if r > 0},
             ignored_layers=linears,
-        )  # fmt: skip
+        )
     removed: dict[str, tuple[int, ...]] = {}
     with torch.no_grad():
         for group in pruner.step(interactive=True):
@@ -261,9 +269,13 @@ def _prune_teacher(teacher: nn.Module, config: Mapping[str, Any], setup: TrialSe
             f"prune_rate: is required by structured_pruning, got config {dict(config)}"
         )
     return prune_structured(
-        teacher, rate=float(config["prune_rate"]), image_size=image_size(setup),
-        scheme=options.scheme, layers=options.layers, max_layer_rate=options.max_layer_rate,
-    )  # fmt: skip
+        teacher,
+        rate=float(config["prune_rate"]),
+        image_size=image_size(setup),
+        scheme=options.scheme,
+        layers=options.layers,
+        max_layer_rate=options.max_layer_rate,
+    )
 
 
 def run_structured_pruning(
@@ -287,22 +299,28 @@ def run_structured_pruning(
     state = None if resume is None else TrainState.from_dict(resume)
     train_loader, eval_loader = make_loaders(setup)
     sizes = SizeProbe(
-        image_size(setup), final_epoch=setup.epochs - 1,
+        image_size(setup),
+        final_epoch=setup.epochs - 1,
         next_epoch=0 if state is None else state.epoch,
         reference_params=count_params(teacher),
-    )  # fmt: skip
+    )
 
     def report_state(epoch: int, metrics: dict[str, float], train_state: TrainState) -> None:
         final = epoch == setup.epochs - 1
         report(epoch, metrics, train_state.as_dict(), model=student if final else None)
 
     train_student(
-        student, teacher, train_loader, config=loop_config(config, setup),
+        student,
+        teacher,
+        train_loader,
+        config=loop_config(config, setup),
         matching=matching_config(config),
         evaluate=make_evaluator(eval_loader, multi_label=setup.multi_label, device=device),
-        report=report_state, hooks=CompressionHooks(size_metrics=sizes), resume=state,
+        report=report_state,
+        hooks=CompressionHooks(size_metrics=sizes),
+        resume=state,
         device=device,
-    )  # fmt: skip
+    )
 
 
 def structured_pruning_trainable(

@@ -146,9 +146,13 @@ def make_evaluator(
 
     def run(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
         result = evaluate(
-            model, loader, teacher=teacher, multi_label=multi_label, device=device,
+            model,
+            loader,
+            teacher=teacher,
+            multi_label=multi_label,
+            device=device,
             attribution_methods=attribution_methods,
-        )  # fmt: skip
+        )
         return dict(result.metrics)
 
     return run
@@ -157,9 +161,11 @@ def make_evaluator(
 def build_teacher(setup: TrialSetup, teacher_state: Mapping[str, Tensor]) -> nn.Module:
     """The trained teacher on the CPU, in eval mode, from its state dict."""
     teacher = build_model(
-        setup.arch, num_classes=setup.num_classes, image_size=image_size(setup),
+        setup.arch,
+        num_classes=setup.num_classes,
+        image_size=image_size(setup),
         width_divisor=setup.teacher_width,
-    )  # fmt: skip
+    )
     teacher.load_state_dict(dict(teacher_state))
     return teacher.eval()
 
@@ -183,10 +189,12 @@ def loop_config(
         seed: added to the study's seed (one loop run per pruning step gets its own shuffles).
     """
     return LoopConfig(
-        epochs=setup.epochs if epochs is None else epochs, optimization=setup.optimization,
-        beta=float(config.get("beta", 0.0)), multi_label=setup.multi_label,
+        epochs=setup.epochs if epochs is None else epochs,
+        optimization=setup.optimization,
+        beta=float(config.get("beta", 0.0)),
+        multi_label=setup.multi_label,
         seed=setup.seed + seed,
-    )  # fmt: skip
+    )
 
 
 class CheckpointReporter(Protocol):
@@ -242,13 +250,19 @@ def _final_artifacts(
 
     try:
         evaluation = build_split(setup, setup.eval_split, setup.val_size)
-        loader = DataLoader(evaluation, batch_size=setup.batch_size, shuffle=False,
-                            num_workers=setup.num_workers)  # fmt: skip
+        loader = DataLoader(
+            evaluation, batch_size=setup.batch_size, shuffle=False, num_workers=setup.num_workers
+        )
         return write_final_artifacts(
-            model.to(device), build_teacher(setup, teacher_state).to(device), loader, folder,
-            multi_label=setup.multi_label, attribution_methods=setup.attribution_methods,
-            overlay_images=setup.overlay_images, device=device,
-        )  # fmt: skip
+            model.to(device),
+            build_teacher(setup, teacher_state).to(device),
+            loader,
+            folder,
+            multi_label=setup.multi_label,
+            attribution_methods=setup.attribution_methods,
+            overlay_images=setup.overlay_images,
+            device=device,
+        )
     except Exception as error:
         warnings.warn(f"final evaluation artifacts were not written: {error!r}", stacklevel=2)
         return {}

@@ -77,9 +77,13 @@ def _further_metrics(
     for method in methods:
         try:
             result = evaluate(
-                model, loader, teacher=teacher, multi_label=multi_label, device=device,
+                model,
+                loader,
+                teacher=teacher,
+                multi_label=multi_label,
+                device=device,
                 attribution_methods=(method,),
-            )  # fmt: skip
+            )
         except (TypeError, NotImplementedError, RuntimeError) as error:
             warnings.warn(f"attribution method {method}: not measured: {error}", stacklevel=2)
             continue
@@ -128,7 +132,9 @@ def write_final_artifacts(
         )
         save_overlay_maps(maps, target / MAPS_FILE)
         draw_overlays(
-            maps, [("teacher", maps.teacher), ("compressed", maps.student)],
-            target / OVERLAY_FILE, title="Grad-CAM, teacher's top-1 class",
-        )  # fmt: skip
+            maps,
+            [("teacher", maps.teacher), ("compressed", maps.student)],
+            target / OVERLAY_FILE,
+            title="Grad-CAM, teacher's top-1 class",
+        )
     return metrics

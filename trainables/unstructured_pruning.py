@@ -179,10 +179,12 @@ class MagnitudeMasks:
             raise ValueError(f"sparsity: must be in [0, 1), got {sparsity}")
         weights = self._weights(model)
         # Pruned weights score -1, below every magnitude, so they are always chosen again.
-        scores = torch.cat([
-            torch.where(self.masks[name].to(w.device), w.detach().abs(), -1.0).flatten().cpu()
-            for name, w in weights.items()
-        ])  # fmt: skip
+        scores = torch.cat(
+            [
+                torch.where(self.masks[name].to(w.device), w.detach().abs(), -1.0).flatten().cpu()
+                for name, w in weights.items()
+            ]
+        )
         count = round(sparsity * scores.numel())
         chosen = torch.sort(scores, stable=True).indices[:count]
         keep = torch.ones(scores.numel(), dtype=torch.bool)
@@ -252,10 +254,12 @@ def run_unstructured_pruning(
     train_loader, eval_loader = make_loaders(setup)
     evaluate = make_evaluator(eval_loader, multi_label=setup.multi_label, device=device)
     sizes = SizeProbe(
-        image_size(setup), final_epoch=schedule.epochs - 1,
+        image_size(setup),
+        final_epoch=schedule.epochs - 1,
         next_epoch=first_step * per_step + (0 if state is None else state.epoch),
-        reference_params=count_params(teacher), sparse=True,
-    )  # fmt: skip
+        reference_params=count_params(teacher),
+        sparse=True,
+    )
     hooks = CompressionHooks(after_step=masks.apply, size_metrics=sizes)
     for step in range(first_step, schedule.steps):
         if state is None:
@@ -270,11 +274,17 @@ def run_unstructured_pruning(
             report(step * per_step + epoch, metrics, payload, model=student if final else None)
 
         train_student(
-            student, teacher, train_loader,
+            student,
+            teacher,
+            train_loader,
             config=loop_config(config, setup, epochs=per_step, seed=step),
-            matching=matching_config(config), evaluate=evaluate, report=report_step,
-            hooks=hooks, resume=state, device=device,
-        )  # fmt: skip
+            matching=matching_config(config),
+            evaluate=evaluate,
+            report=report_step,
+            hooks=hooks,
+            resume=state,
+            device=device,
+        )
         state = None
 
 

@@ -53,9 +53,14 @@ __all__ = [
 ARTIFACT_DIR: Final = REPORT_DIR
 #: The files of a report, in the order they are written.
 REPORT_FILES: Final[tuple[str, ...]] = (
-    "report.md", "report.csv", "pareto_matrix.png", "hypervolume.png", "metrics_vs_beta.png",
-    "pies.csv", "attribution_overlays.png",
-)  # fmt: skip
+    "report.md",
+    "report.csv",
+    "pareto_matrix.png",
+    "hypervolume.png",
+    "metrics_vs_beta.png",
+    "pies.csv",
+    "attribution_overlays.png",
+)
 #: Files written only when the table's trials logged what they need (per-sample results,
 #: overlay maps: ``trainables.trial_artifacts``).
 OPTIONAL_FILES: Final = frozenset({"pies.csv", "attribution_overlays.png"})
@@ -180,20 +185,34 @@ def write_report(
     if pies:
         paths["pies.csv"].write_text(render_pies_csv(pies), "utf-8")
     drawn = plot_overlays(
-        tracking_uri, rows, paths["attribution_overlays.png"],
-        title=f"{study}: Grad-CAM of the teacher's top-1 class", client=record.client,
-    )  # fmt: skip
+        tracking_uri,
+        rows,
+        paths["attribution_overlays.png"],
+        title=f"{study}: Grad-CAM of the teacher's top-1 class",
+        client=record.client,
+    )
     written = [
-        name for name in REPORT_FILES
-        if name not in OPTIONAL_FILES or (name == "pies.csv" and pies)
+        name
+        for name in REPORT_FILES
+        if name not in OPTIONAL_FILES
+        or (name == "pies.csv" and pies)
         or (name == "attribution_overlays.png" and drawn)
-    ]  # fmt: skip
+    ]
     table = caption(study, parent_run_id) + "\n\n" + render_markdown(rows)
     markdown = report_markdown(
-        study=study, parent_run_id=parent_run_id, trials=trials.num_rows,
-        finished=finished.num_rows, table=table, objectives=objectives, front=front,
-        history=history, reference=reference, rows=rows, pies=pies, drawn=drawn,
-    )  # fmt: skip
+        study=study,
+        parent_run_id=parent_run_id,
+        trials=trials.num_rows,
+        finished=finished.num_rows,
+        table=table,
+        objectives=objectives,
+        front=front,
+        history=history,
+        reference=reference,
+        rows=rows,
+        pies=pies,
+        drawn=drawn,
+    )
     paths["report.md"].write_text(markdown, "utf-8")
     paths["report.csv"].write_text(render_csv(rows), "utf-8")
     return Report(

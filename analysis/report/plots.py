@@ -219,9 +219,12 @@ def draw_pareto_matrix(info: ParetoMatrixInfo, path: Path, *, title: str = "") -
                     ).tolist()
                     axes.hist(x[finite], bins=edges, color="0.75", label="all FINISHED")
                     axes.hist(
-                        x[finite & on_front], bins=edges, color=_FRONT_COLOR, alpha=0.8,
+                        x[finite & on_front],
+                        bins=edges,
+                        color=_FRONT_COLOR,
+                        alpha=0.8,
                         label="Pareto front",
-                    )  # fmt: skip
+                    )
                     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
                 axes.set_ylabel("trials" if j == 0 else "")
             else:
@@ -231,9 +234,15 @@ def draw_pareto_matrix(info: ParetoMatrixInfo, path: Path, *, title: str = "") -
                 rest = ~on_front
                 axes.scatter(x[rest], y[rest], s=22, color="0.6", label="dominated")
                 axes.scatter(
-                    x[on_front], y[on_front], s=46, color=_FRONT_COLOR, edgecolors="black",
-                    linewidths=0.6, label="Pareto front", zorder=3,
-                )  # fmt: skip
+                    x[on_front],
+                    y[on_front],
+                    s=46,
+                    color=_FRONT_COLOR,
+                    edgecolors="black",
+                    linewidths=0.6,
+                    label="Pareto front",
+                    zorder=3,
+                )
                 if j == 0:
                     axes.set_ylabel(_objective_label(y_name, objectives[y_name]), fontsize=8)
             if i == k - 1:
@@ -337,16 +346,25 @@ def draw_hypervolume(info: HypervolumeInfo, path: Path, *, title: str = "") -> N
         volumes = [v for _, v in info.history]
         axes.step(ks, volumes, where="post", color="tab:blue", label="hypervolume")
         axes.scatter(
-            [ks[i] for i in info.improved], [volumes[i] for i in info.improved],
-            color="tab:blue", s=24, zorder=3, label="a trial that grew it",
-        )  # fmt: skip
+            [ks[i] for i in info.improved],
+            [volumes[i] for i in info.improved],
+            color="tab:blue",
+            s=24,
+            zorder=3,
+            label="a trial that grew it",
+        )
         axes.set_xlim(0.5, max(ks) + 0.5)
         axes.set_ylim(bottom=0)
         where = ", ".join(f"{n} {short(v)}" for n, v in info.reference.items())
         axes.text(
-            0.99, 0.03, f"reference: {where}\nfinal: {short(volumes[-1])}",
-            transform=axes.transAxes, ha="right", va="bottom", fontsize=8,
-        )  # fmt: skip
+            0.99,
+            0.03,
+            f"reference: {where}\nfinal: {short(volumes[-1])}",
+            transform=axes.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
         axes.legend(loc="upper left", fontsize=8)
     head = f"{title}: " if title else ""
     axes.set_title(f"{head}hypervolume of {_spec(info.objectives)}", fontsize=10)
@@ -465,12 +483,16 @@ def metrics_vs_beta_info(finished: pa.Table, rows: Sequence[ReportRow]) -> Metri
                     label += f" ({method})"
                 series.append(
                     BetaSeries(
-                        metric=metric, kind=kind, method=method, label=label,
+                        metric=metric,
+                        kind=kind,
+                        method=method,
+                        label=label,
                         color=_KIND_COLORS.get(kind, f"C{4 + kind_names.index(kind)}"),
                         marker=_METHOD_MARKERS[m % len(_METHOD_MARKERS)],
-                        beta=beta[mask], values=values[mask],
+                        beta=beta[mask],
+                        values=values[mask],
                     )
-                )  # fmt: skip
+                )
         # One teacher line (the same run heads every method's block), one naive line a method.
         teacher = next((r for r in rows if r.row == "teacher"), None)
         candidates = [(teacher, "teacher", "black", ":")] if teacher is not None else []
@@ -501,15 +523,23 @@ def draw_metrics_vs_beta(info: MetricsVsBetaInfo, path: Path, *, title: str = ""
         for s in info.series:
             if s.metric == metric:
                 axes.scatter(
-                    s.beta, s.values, s=30, color=s.color, marker=s.marker, label=s.label,
+                    s.beta,
+                    s.values,
+                    s=30,
+                    color=s.color,
+                    marker=s.marker,
+                    label=s.label,
                     zorder=3,
-                )  # fmt: skip
+                )
         for line in info.lines:
             if line.metric == metric:
                 axes.axhline(
-                    line.value, color=line.color, linestyle=line.style, linewidth=1.0,
+                    line.value,
+                    color=line.color,
+                    linestyle=line.style,
+                    linewidth=1.0,
                     label=line.label,
-                )  # fmt: skip
+                )
         if info.shown(metric):
             axes.set_xscale("log")
         else:

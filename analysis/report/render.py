@@ -104,8 +104,12 @@ def render_method_tables(rows: Sequence[ReportRow]) -> str:
     parts = []
     for method in further_methods(rows):
         header = ("method", "row", "trial", *ATTRIBUTION_METRICS)
-        lines = [f"### {ATTRIBUTION_METHOD_LABELS[method]}", "",
-                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+        lines = [
+            f"### {ATTRIBUTION_METHOD_LABELS[method]}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         for r in rows:
             cells = [r.method, r.row, r.trial or "-"] + [
                 format_metric(m, r.metrics.get(method_metric(m, method)))
@@ -130,8 +134,14 @@ def render_pies_markdown(pies: Sequence[tuple[ReportRow, PieSummary]]) -> str:
     header += [f"{name} PIE / rest" for name in _PIE_SHOWN]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, summary in pies:
-        cells = [r.method, r.row, r.trial or "-", str(summary.samples), str(summary.pies),
-                 f"{100 * summary.pie_fraction:.1f}"]  # fmt: skip
+        cells = [
+            r.method,
+            r.row,
+            r.trial or "-",
+            str(summary.samples),
+            str(summary.pies),
+            f"{100 * summary.pie_fraction:.1f}",
+        ]
         for name in _PIE_SHOWN:
             pie, rest = summary.pie.get(name, math.nan), summary.rest.get(name, math.nan)
             cells.append(f"{_pie_cell(name, pie)} / {_pie_cell(name, rest)}")
@@ -147,16 +157,33 @@ def render_pies_csv(pies: Sequence[tuple[ReportRow, PieSummary]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     sides = ("pie", "rest")
-    writer.writerow([
-        "method", "row", "trial", "run_id", "samples", "pies", "pie_fraction",
-        *(f"{side}_{name}" for name in stats for side in sides),
-    ])  # fmt: skip
+    writer.writerow(
+        [
+            "method",
+            "row",
+            "trial",
+            "run_id",
+            "samples",
+            "pies",
+            "pie_fraction",
+            *(f"{side}_{name}" for name in stats for side in sides),
+        ]
+    )
     for r, summary in pies:
         groups = {"pie": summary.pie, "rest": summary.rest}
         values = [groups[side].get(n, math.nan) for n in stats for side in sides]
-        writer.writerow([r.method, r.row, r.trial or "", r.run_id or "", summary.samples,
-                         summary.pies, repr(summary.pie_fraction),
-                         *("" if math.isnan(v) else repr(v) for v in values)])  # fmt: skip
+        writer.writerow(
+            [
+                r.method,
+                r.row,
+                r.trial or "",
+                r.run_id or "",
+                summary.samples,
+                summary.pies,
+                repr(summary.pie_fraction),
+                *("" if math.isnan(v) else repr(v) for v in values),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -180,26 +207,39 @@ def further_sections(
     lines: list[str] = []
     methods = render_method_tables(rows)
     if methods:
-        lines += ["## Further attribution methods", "",
-                  "The rows' maps by each further method (measured with a trial's last epoch; "
-                  "the teacher's once), scored as the Grad-CAM table's.", "", methods]  # fmt: skip
+        lines += [
+            "## Further attribution methods",
+            "",
+            "The rows' maps by each further method (measured with a trial's last epoch; "
+            "the teacher's once), scored as the Grad-CAM table's.",
+            "",
+            methods,
+        ]
     lines += ["## PIEs", ""]
     if pies:
         lines += [
             "Samples whose predicted class set differs from the teacher's (PIEs), per trial row "
             "of the table, and how the trial and the teacher fare on them against the other "
             "samples (accuracy: every label right, in %; attr_auc in %). Every statistic is in "
-            "pies.csv.", "", render_pies_markdown(pies),
-        ]  # fmt: skip
+            "pies.csv.",
+            "",
+            render_pies_markdown(pies),
+        ]
     else:
-        lines += ["No trial row of the table logged per-sample results "
-                  "(evaluation/per_sample.parquet).", ""]  # fmt: skip
+        lines += [
+            "No trial row of the table logged per-sample results (evaluation/per_sample.parquet).",
+            "",
+        ]
     if drawn:
-        lines += ["## Attribution overlays", "",
-                  f"Grad-CAM of the teacher and of the {', '.join(drawn)} trials on the same "
-                  "images, for the teacher's top-1 class.", "",
-                  "![Teacher and student attribution overlays](attribution_overlays.png)",
-                  ""]  # fmt: skip
+        lines += [
+            "## Attribution overlays",
+            "",
+            f"Grad-CAM of the teacher and of the {', '.join(drawn)} trials on the same "
+            "images, for the teacher's top-1 class.",
+            "",
+            "![Teacher and student attribution overlays](attribution_overlays.png)",
+            "",
+        ]
     return lines
 
 
@@ -223,28 +263,30 @@ def report_markdown(
     ``front`` the FINISHED ones on the Pareto front; ``history`` and ``reference`` are the
     hypervolume plot's; ``drawn`` the overlay columns after the teacher's."""
     spec = ", ".join(f"{n}:{d}" for n, d in objectives.items())
-    return "\n".join([
-        f"# Report: study `{study}`",
-        "",
-        f"Study run `{parent_run_id}`: {trials} trial runs, {finished} "
-        "FINISHED. Written by `apc report`.",
-        "",
-        table,
-        "## Pareto front",
-        "",
-        f"{front} of {finished} FINISHED trials are on the Pareto front of {spec}.",
-        "",
-        "![Pareto front, every pair of objectives](pareto_matrix.png)",
-        "",
-        "## Hypervolume over trials",
-        "",
-        hypervolume_sentence(history, reference),
-        "",
-        "![Hypervolume over trials in start order](hypervolume.png)",
-        "",
-        "## map and attr_auc against beta",
-        "",
-        "![map and attr_auc against beta](metrics_vs_beta.png)",
-        "",
-        *further_sections(rows, pies, drawn),
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# Report: study `{study}`",
+            "",
+            f"Study run `{parent_run_id}`: {trials} trial runs, {finished} "
+            "FINISHED. Written by `apc report`.",
+            "",
+            table,
+            "## Pareto front",
+            "",
+            f"{front} of {finished} FINISHED trials are on the Pareto front of {spec}.",
+            "",
+            "![Pareto front, every pair of objectives](pareto_matrix.png)",
+            "",
+            "## Hypervolume over trials",
+            "",
+            hypervolume_sentence(history, reference),
+            "",
+            "![Hypervolume over trials in start order](hypervolume.png)",
+            "",
+            "## map and attr_auc against beta",
+            "",
+            "![map and attr_auc against beta](metrics_vs_beta.png)",
+            "",
+            *further_sections(rows, pies, drawn),
+        ]
+    )

@@ -51,8 +51,14 @@ __all__ = [
 
 #: The table's metric columns (docs/design.md#metric-names), in order.
 REPORT_METRICS: Final[tuple[str, ...]] = (
-    "map", "f1", "attr_auc", "point_acc", "attr_cos", "attr_l2", "params",
-)  # fmt: skip
+    "map",
+    "f1",
+    "attr_auc",
+    "point_acc",
+    "attr_cos",
+    "attr_l2",
+    "params",
+)
 #: Matching kind (the ``matching`` param) -> its row's name, in the table's order.
 MATCHING_KINDS: Final[dict[str, str]] = {
     "none": "naive",
@@ -129,10 +135,15 @@ def rows_of(record: StudyRecord, trials: pa.Table) -> list[ReportRow]:
     for method in methods:
         rows.append(
             ReportRow(
-                method, "teacher", "teacher run" if teacher_id else "no teacher run",
-                teacher_setting, "teacher" if teacher_id else None, teacher_id, teacher_metrics,
+                method,
+                "teacher",
+                "teacher run" if teacher_id else "no teacher run",
+                teacher_setting,
+                "teacher" if teacher_id else None,
+                teacher_id,
+                teacher_metrics,
             )
-        )  # fmt: skip
+        )
         mine = [r for r in records if _method_of(r, methods[0]) == method]
         for kind, name in MATCHING_KINDS.items():
             rows.append(_kind_row(method, kind, name, mine, enqueued, effect[1:], index, records))

@@ -21,6 +21,13 @@ from study.presets import DEMO_SPEC
 
 # ``main`` is the console script; the rest are what tests and benchmarks import from here.
 __all__ = [
-    "DEMO_SPEC", "EXIT_INTERRUPTED", "EXIT_USAGE", "_finish", "_is_loopback", "_parser",
-    "_path_lines", "_tracking_problems", "main",
-]  # fmt: skip
+    "DEMO_SPEC",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "_finish",
+    "_is_loopback",
+    "_parser",
+    "_path_lines",
+    "_tracking_problems",
+    "main",
+]

@@ -37,10 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         "pareto", help="print the Pareto-optimal trials of a study recorded in MLflow"
     )
     command.add_argument(
-        "name", metavar="NAME", nargs="+",
+        "name",
+        metavar="NAME",
+        nargs="+",
         help="the study's name (its MLflow experiment); several: one front over their trials, "
         "e.g. of different compression methods",
-    )  # fmt: skip
+    )
     command.add_argument(
         "--objectives",
         # analysis.layout.DEFAULT_OBJECTIVES spelled out: importing the analysis here would slow
@@ -79,9 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--tracking-uri", help="MLflow tracking URI")
     command.add_argument("--storage", help="Ray Tune storage path")
     command.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a spec key, e.g. --set dataset.image_size=64 (repeatable)",
-    )  # fmt: skip
+    )
     command.set_defaults(handler=run.run)
     command = commands.add_parser(
         "resume", help="finish an interrupted study without repeating its finished trials"

@@ -45,7 +45,8 @@ def crash(command: str, error: Exception) -> int:
     message = (str(error).strip().splitlines() or [""])[0][:300]
     print(
         f"apc {command}: unexpected error: {type(error).__name__}"
-        + (f": {message}" if message else "") + f" ({where})",
+        + (f": {message}" if message else "")
+        + f" ({where})",
         file=sys.stderr,
-    )  # fmt: skip
+    )
     return 1

@@ -44,9 +44,13 @@ def pareto(args: argparse.Namespace) -> int:
     if problems:
         return usage("pareto", problems)
     return show_front(
-        args.tracking_uri, args.name, objectives, filter_string=args.filter, fmt=args.format,
+        args.tracking_uri,
+        args.name,
+        objectives,
+        filter_string=args.filter,
+        fmt=args.format,
         out=out,
-    )  # fmt: skip
+    )
 
 
 def show_front(
@@ -78,9 +82,10 @@ def show_front(
         return 1
     unique = list(dict.fromkeys(names))
     which = (
-        f"of study {unique[0]!r}" if len(unique) == 1
+        f"of study {unique[0]!r}"
+        if len(unique) == 1
         else "of studies " + ", ".join(repr(n) for n in unique)
-    ) + (f" matching {filter_string!r}" if filter_string else "")  # fmt: skip
+    ) + (f" matching {filter_string!r}" if filter_string else "")
     if trials.num_rows == 0:
         print(f"apc pareto: no trial runs {which}", file=sys.stderr)
     else:

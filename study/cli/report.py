@@ -52,9 +52,13 @@ def report(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="apc-report-") as scratch:
         try:
             written = write_report(
-                args.tracking_uri, args.name, parent_run_id=parent_run_id,
-                folder=Path(scratch) / ARTIFACT_DIR, trials=trials, record=record,
-            )  # fmt: skip
+                args.tracking_uri,
+                args.name,
+                parent_run_id=parent_run_id,
+                folder=Path(scratch) / ARTIFACT_DIR,
+                trials=trials,
+                record=record,
+            )
         except RunsQueryError as error:  # no FINISHED trial: refused before writing
             return usage("report", [str(error)])
         except MlflowException as error:

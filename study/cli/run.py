@@ -22,9 +22,12 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.spec) if args.spec else DEMO_SPEC
     overrides = list(args.set)
     for flag, key in (
-        ("name", "name"), ("trials", "trials"), ("ray_address", "ray_address"),
-        ("tracking_uri", "tracking_uri"), ("storage", "storage_path"),
-    ):  # fmt: skip
+        ("name", "name"),
+        ("trials", "trials"),
+        ("ray_address", "ray_address"),
+        ("tracking_uri", "tracking_uri"),
+        ("storage", "storage_path"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")

@@ -21,9 +21,17 @@ def ui(args: argparse.Namespace) -> int:
     import subprocess
 
     command = [
-        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
-        "--host", args.host, "--port", str(args.port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        args.tracking_uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     if not is_loopback(args.host):
         print(
             f"apc ui: warning: --host {args.host} serves the MLflow UI without authentication "

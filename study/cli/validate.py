@@ -46,8 +46,9 @@ def path_lines(spec: Spec, *, base_dir: Path) -> list[str]:
         "tracking_uri": spec.tracking_uri,
     }
     for key, default in (
-        ("storage_path", defaults.storage_path), ("tracking_uri", defaults.tracking_uri)
-    ):  # fmt: skip
+        ("storage_path", defaults.storage_path),
+        ("tracking_uri", defaults.tracking_uri),
+    ):
         if resolved[key] == default:  # not in the spec: MLflow and Tune take the working folder
             resolved[key] = f"{default} (default, from the working folder)"
     shown = ", ".join(f"{key}={value}" for key, value in resolved.items() if value is not None)

@@ -141,8 +141,9 @@ def _write_study(uri: str, root: Path, *, trials: list[str]) -> tuple[str, str]:
     teacher = tracker.log_teacher({"map": 80.0}, {"arch": "vgg11_bn", "width": "4"})
     for i, trial in enumerate(trials):
         config = {"matching": "swa", "beta": 1.0 + i, "student_width": 2, "unrelated": 3}
-        tracker.trial_started(trial, trial_params(config, method=spec.method,
-                                                   teacher_run_id=teacher))  # fmt: skip
+        tracker.trial_started(
+            trial, trial_params(config, method=spec.method, teacher_run_id=teacher)
+        )
         tracker.trial_result(trial, {"map": 50.0 + i, "loss": 1.0, "epoch": 0})
         tracker.trial_ended(trial, status="FINISHED")
     assert tracker.close(status="FINISHED") == 0
@@ -166,8 +167,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     client.log_param(run.info.run_id, "enqueue", '[{"matching": "none"}]')
     client.create_run(bare, run_name="x", tags={ROLE_TAG: TRIAL_ROLE, PARENT_TAG: run.info.run_id})
     client.create_experiment("empty")
-    return {"uri": uri, "root": str(root), "parent": parent, "teacher": teacher,
-            "old_parent": old_parent, "bare": run.info.run_id}  # fmt: skip
+    return {
+        "uri": uri,
+        "root": str(root),
+        "parent": parent,
+        "teacher": teacher,
+        "old_parent": old_parent,
+        "bare": run.info.run_id,
+    }
 
 
 def test_a_record_holds_the_newest_study_run_its_spec_teacher_and_trials(

@@ -21,8 +21,11 @@ def _table(
             out[row, classes] = True
         return out
 
-    data = {"index": np.arange(len(predicted)), "predicted": matrix(predicted),
-            "teacher_predicted": matrix(teacher)}  # fmt: skip
+    data = {
+        "index": np.arange(len(predicted)),
+        "predicted": matrix(predicted),
+        "teacher_predicted": matrix(teacher),
+    }
     data.update({k: np.asarray(v) for k, v in columns.items()})
     return per_sample_table(data)
 

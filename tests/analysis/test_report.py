@@ -50,9 +50,14 @@ ENQUEUE = [
 ]
 OBJECTIVES: dict[str, Direction] = {"map": "max", "attr_auc": "max", "params": "min"}
 TEACHER = {
-    "map": 80.0, "f1": 70.0, "attr_auc": 90.0, "point_acc": 60.0, "params": 612294.0,
-    "attr_auc_lrp": 85.0, "point_acc_lrp": 55.0,
-}  # fmt: skip
+    "map": 80.0,
+    "f1": 70.0,
+    "attr_auc": 90.0,
+    "point_acc": 60.0,
+    "params": 612294.0,
+    "attr_auc_lrp": 85.0,
+    "point_acc_lrp": 55.0,
+}
 
 
 def _trial(i: int, status: str, final: dict[str, float], **params: object) -> Trial:
@@ -64,9 +69,14 @@ def _final(
     map_: float, auc: float, params: float, cos: float = 0.9, l2: float = 0.3
 ) -> dict[str, float]:
     return {
-        "map": map_, "f1": map_ / 2, "attr_auc": auc, "point_acc": auc - 40.0,
-        "attr_cos": cos, "attr_l2": l2, "params": params,
-    }  # fmt: skip
+        "map": map_,
+        "f1": map_ / 2,
+        "attr_auc": auc,
+        "point_acc": auc - 40.0,
+        "attr_cos": cos,
+        "attr_l2": l2,
+        "params": params,
+    }
 
 
 #: The trials of STUDY's newest study run, in start order. The enqueued naive, EWA and SSWA
@@ -74,31 +84,68 @@ def _final(
 #: map (6, tied with the later 8; the KILLED 7 has a higher map). Trial 4 beats the enqueued
 #: naive one on map but the enqueued setting wins. Trial 9 has the best map and a NaN attr_auc.
 TRIALS: list[Trial] = [
-    _trial(0, "FINISHED", _final(50.0, 88.0, 150000.0, 0.91, 0.37), matching="none",
-           student_width=2),
-    _trial(1, "FINISHED", _final(60.0, 92.0, 150000.0, 0.94, 0.29), matching="ewa", beta=2.0,
-           student_width=2),
+    _trial(
+        0, "FINISHED", _final(50.0, 88.0, 150000.0, 0.91, 0.37), matching="none", student_width=2
+    ),
+    _trial(
+        1,
+        "FINISHED",
+        _final(60.0, 92.0, 150000.0, 0.94, 0.29),
+        matching="ewa",
+        beta=2.0,
+        student_width=2,
+    ),
     _trial(2, "FAILED", _final(70.0, 95.0, 150000.0), matching="swa", beta=1.0, student_width=2),
-    _trial(3, "FINISHED", _final(52.0, 95.5, 150000.0, 0.97, 0.18), matching="sswa", beta=1.0,
-           drop_p=0.3, student_width=2),
+    _trial(
+        3,
+        "FINISHED",
+        _final(52.0, 95.5, 150000.0, 0.97, 0.18),
+        matching="sswa",
+        beta=1.0,
+        drop_p=0.3,
+        student_width=2,
+    ),
     _trial(4, "FINISHED", _final(65.0, 89.0, 40000.0), matching="none", student_width=4),
-    _trial(5, "FINISHED", _final(62.0, 96.0, 40000.0), matching="swa", beta=0.5,
-           student_width=4),
-    _trial(6, "FINISHED", _final(64.0, 93.0, 10000.0, 0.95, 0.21), matching="swa", beta=4.0,
-           student_width=8),
+    _trial(5, "FINISHED", _final(62.0, 96.0, 40000.0), matching="swa", beta=0.5, student_width=4),
+    _trial(
+        6,
+        "FINISHED",
+        _final(64.0, 93.0, 10000.0, 0.95, 0.21),
+        matching="swa",
+        beta=4.0,
+        student_width=8,
+    ),
     _trial(7, "KILLED", _final(90.0, 99.0, 10000.0), matching="swa", beta=8.0, student_width=8),
-    _trial(8, "FINISHED", _final(64.0, 91.0, 150000.0), matching="swa", beta=0.1,
-           student_width=2),
-    _trial(9, "FINISHED", {**_final(75.0, 0.0, 40000.0), "attr_auc": math.nan}, matching="ewa",
-           beta=0.25, student_width=4),
-    _trial(10, "FINISHED", _final(58.0, 97.0, 10000.0), matching="sswa", beta=2.0, drop_p=0.1,
-           student_width=8),
-]  # fmt: skip
+    _trial(8, "FINISHED", _final(64.0, 91.0, 150000.0), matching="swa", beta=0.1, student_width=2),
+    _trial(
+        9,
+        "FINISHED",
+        {**_final(75.0, 0.0, 40000.0), "attr_auc": math.nan},
+        matching="ewa",
+        beta=0.25,
+        student_width=4,
+    ),
+    _trial(
+        10,
+        "FINISHED",
+        _final(58.0, 97.0, 10000.0),
+        matching="sswa",
+        beta=2.0,
+        drop_p=0.1,
+        student_width=8,
+    ),
+]
 #: LRP's metrics, measured with the last epoch, of the table's trials.
 LRP = {0: 70.0, 1: 80.0, 3: 82.0, 6: 75.0}
 for _i, _auc in LRP.items():
-    TRIALS[_i].final.update({"attr_auc_lrp": _auc, "point_acc_lrp": _auc - 30.0,
-                             "attr_cos_lrp": _auc / 100, "attr_l2_lrp": 1 - _auc / 100})  # fmt: skip
+    TRIALS[_i].final.update(
+        {
+            "attr_auc_lrp": _auc,
+            "point_acc_lrp": _auc - 30.0,
+            "attr_cos_lrp": _auc / 100,
+            "attr_l2_lrp": 1 - _auc / 100,
+        }
+    )
 FINISHED = [t for t in TRIALS if t.status == "FINISHED"]
 #: Samples of each trial's per-sample table, and which of them are its PIEs.
 SAMPLES = 12
@@ -117,11 +164,17 @@ def _per_sample(i: int) -> pa.Table:
     pies = pie_indices(i)
     predicted[pies, 3] = True
     rows = np.arange(SAMPLES)
-    return per_sample_table({
-        "index": rows, "correct": ~np.isin(rows, pies), "teacher_correct": rows % 2 == 0,
-        "attr_auc": 50.0 + rows, "attr_cos": np.where(np.isin(rows, pies), 0.3, 0.9),
-        "predicted": predicted, "teacher_predicted": teacher,
-    })  # fmt: skip
+    return per_sample_table(
+        {
+            "index": rows,
+            "correct": ~np.isin(rows, pies),
+            "teacher_correct": rows % 2 == 0,
+            "attr_auc": 50.0 + rows,
+            "attr_cos": np.where(np.isin(rows, pies), 0.3, 0.9),
+            "predicted": predicted,
+            "teacher_predicted": teacher,
+        }
+    )
 
 
 def _overlay_maps(i: int) -> OverlayMaps:
@@ -129,11 +182,12 @@ def _overlay_maps(i: int) -> OverlayMaps:
     rng = np.random.default_rng(i)
     return OverlayMaps(
         images=np.full((3, 16, 16, 3), 120, dtype=np.uint8),
-        indices=np.arange(3), targets=np.array([0, 1, 2]) if i != 6 else np.array([1, 1, 1]),
+        indices=np.arange(3),
+        targets=np.array([0, 1, 2]) if i != 6 else np.array([1, 1, 1]),
         class_names=("a", "b", "c", "d", "e"),
         teacher=rng.random((3, 16, 16)).astype(np.float32),
         student=rng.random((3, 16, 16)).astype(np.float32),
-    )  # fmt: skip
+    )
 
 
 def _log_artifacts(client: MlflowClient, run_id: str, i: int, folder: Path) -> None:
@@ -199,18 +253,22 @@ def write_report_study(root: Path) -> ReportStudy:
     artifacts = (root / "artifacts").as_uri()
     experiment = client.create_experiment(STUDY, artifact_location=f"{artifacts}/{STUDY}")
     spec = [
-        Param("method", "distillation"), Param("enqueue", json.dumps(ENQUEUE)),
+        Param("method", "distillation"),
+        Param("enqueue", json.dumps(ENQUEUE)),
         *(Param(f"objectives.{k}", v) for k, v in OBJECTIVES.items()),
-    ]  # fmt: skip
+    ]
     # An older study run of the same name: `apc report` reads the newest one only.
     old = client.create_run(experiment, start_time=T0, tags={"apc.role": "study"}, run_name=STUDY)
     store.old_parent_run_id = old.info.run_id
     client.log_batch(old.info.run_id, params=spec)
     store.old_trial_run_id = _log_trial(
-        client, experiment, old.info.run_id,
+        client,
+        experiment,
+        old.info.run_id,
         _trial(99, "FINISHED", _final(99.0, 99.0, 100.0), matching="none", student_width=2),
-        T0 + 1000, "none",
-    )  # fmt: skip
+        T0 + 1000,
+        "none",
+    )
     client.set_terminated(old.info.run_id, status="FAILED")
     start = T0 + 100_000
     parent = client.create_run(
@@ -220,9 +278,11 @@ def write_report_study(root: Path) -> ReportStudy:
     client.log_batch(parent.info.run_id, params=spec)
     nested = {"mlflow.parentRunId": parent.info.run_id}
     teacher = client.create_run(
-        experiment, start_time=start + 1000, tags={"apc.role": "teacher", **nested},
+        experiment,
+        start_time=start + 1000,
+        tags={"apc.role": "teacher", **nested},
         run_name="teacher",
-    )  # fmt: skip
+    )
     store.teacher_run_id = teacher.info.run_id
     client.log_batch(
         teacher.info.run_id,
@@ -232,9 +292,13 @@ def write_report_study(root: Path) -> ReportStudy:
     client.set_terminated(teacher.info.run_id)
     for i, trial in enumerate(TRIALS):
         store.trial_run_ids[trial.name] = _log_trial(
-            client, experiment, parent.info.run_id, trial, start + 2000 + 1000 * i,
+            client,
+            experiment,
+            parent.info.run_id,
+            trial,
+            start + 2000 + 1000 * i,
             teacher.info.run_id,
-        )  # fmt: skip
+        )
         if trial.status == "FINISHED":
             _log_artifacts(client, store.trial_run_ids[trial.name], i, root / "out" / str(i))
     client.set_terminated(parent.info.run_id)
@@ -243,10 +307,13 @@ def write_report_study(root: Path) -> ReportStudy:
     lone = client.create_run(other, start_time=T0, tags={"apc.role": "study"}, run_name=UNFINISHED)
     store.unfinished_parent_run_id = lone.info.run_id
     _log_trial(
-        client, other, lone.info.run_id,
-        _trial(0, "FAILED", _final(10.0, 50.0, 100.0), matching="swa", beta=1.0), T0 + 1000,
+        client,
+        other,
+        lone.info.run_id,
+        _trial(0, "FAILED", _final(10.0, 50.0, 100.0), matching="swa", beta=1.0),
+        T0 + 1000,
         "none",
-    )  # fmt: skip
+    )
     return store
 
 
@@ -271,8 +338,11 @@ def test_rows_are_the_teacher_then_each_kinds_enqueued_or_best_finished_trial(
 ) -> None:
     teacher, *rows = report.rows
     assert (teacher.method, teacher.row, teacher.chosen, teacher.trial) == (
-        "distillation", "teacher", "teacher run", "teacher",
-    )  # fmt: skip
+        "distillation",
+        "teacher",
+        "teacher run",
+        "teacher",
+    )
     assert teacher.run_id == store.teacher_run_id
     assert teacher.setting == "arch=vgg11_bn, width=4"
     assert dict(teacher.metrics) == TEACHER  # no attr_cos / attr_l2: nothing to compare with
@@ -300,8 +370,15 @@ def test_csv_and_markdown_hold_the_same_rows(report: Report) -> None:
     records = list(csv.DictReader(io.StringIO(text)))
     lrp = ["attr_auc_lrp", "point_acc_lrp", "attr_cos_lrp", "attr_l2_lrp"]
     assert list(records[0]) == [
-        "method", "row", "chosen", "setting", "trial", "run_id", *REPORT_METRICS, *lrp,
-    ]  # fmt: skip
+        "method",
+        "row",
+        "chosen",
+        "setting",
+        "trial",
+        "run_id",
+        *REPORT_METRICS,
+        *lrp,
+    ]
     assert [r["row"] for r in records] == ["teacher", "naive", "EWA", "SWA", "SSWA"]
     for record, row in zip(records, report.rows, strict=True):
         assert record["trial"] == (row.trial or "")
@@ -320,8 +397,10 @@ def test_csv_and_markdown_hold_the_same_rows(report: Report) -> None:
     for record, line_cells in zip(records, cells, strict=True):
         shown = dict(zip(header, line_cells, strict=True))
         assert (shown["method"], shown["row"], shown["chosen"]) == (
-            record["method"], record["row"], record["chosen"],
-        )  # fmt: skip
+            record["method"],
+            record["row"],
+            record["chosen"],
+        )
         assert shown["trial"] == (record["trial"] or "-")
         assert shown["setting"] == (record["setting"] or "-")
         for metric in REPORT_METRICS:

@@ -149,12 +149,14 @@ def test_pareto_matrix_marks_exactly_the_brute_force_non_dominated_rows(
 
 
 def test_pareto_matrix_keeps_equal_points_and_drops_rows_missing_an_objective() -> None:
-    frame = pa.table({
-        "run_id": ["a", "b", "c", "d", "e"],
-        "status": ["FINISHED"] * 5,
-        "map": [60.0, 60.0, 70.0, np.nan, 50.0],
-        "params": [1e3, 1e3, 2e5, 10.0, 2e5],
-    })  # fmt: skip
+    frame = pa.table(
+        {
+            "run_id": ["a", "b", "c", "d", "e"],
+            "status": ["FINISHED"] * 5,
+            "map": [60.0, 60.0, 70.0, np.nan, 50.0],
+            "params": [1e3, 1e3, 2e5, 10.0, 2e5],
+        }
+    )
     info = pareto_matrix_info(frame, {"map": "max", "params": "min"})
     # a and b tie (neither dominates the other), c has the best map, d lacks one, e is beaten.
     assert info.on_front.tolist() == [True, True, True, False, False]
@@ -213,12 +215,14 @@ def test_hypervolume_history_equals_the_brute_force_volume_of_each_prefix(
 
 
 def test_hypervolume_counts_only_finished_trials() -> None:
-    table = pa.table({
-        "run_id": ["a", "b", "c"],
-        "status": ["FINISHED", "FAILED", "FINISHED"],
-        "map": [1.0, 100.0, 3.0],
-        "params": [3.0, 0.0, 1.0],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "run_id": ["a", "b", "c"],
+            "status": ["FINISHED", "FAILED", "FINISHED"],
+            "map": [1.0, 100.0, 3.0],
+            "params": [3.0, 0.0, 1.0],
+        }
+    )
     info = hypervolume_info(table, {"map": "max", "params": "min"})
     # The FAILED trial's values are neither in the reference nor in any volume.
     assert info.reference == pytest.approx({"map": 0.8, "params": 3.2})
@@ -229,9 +233,10 @@ def test_hypervolume_counts_only_finished_trials() -> None:
 
 
 def test_hypervolume_without_a_complete_finished_trial_has_no_reference() -> None:
-    table = pa.table({"run_id": ["a"], "status": ["FINISHED"], "map": [None]}, schema=pa.schema(
-        [("run_id", pa.string()), ("status", pa.string()), ("map", pa.float64())]
-    ))  # fmt: skip
+    table = pa.table(
+        {"run_id": ["a"], "status": ["FINISHED"], "map": [None]},
+        schema=pa.schema([("run_id", pa.string()), ("status", pa.string()), ("map", pa.float64())]),
+    )
     info = hypervolume_info(table, {"map": "max"})
     assert (info.reference, info.history, info.improved) == (None, (), ())
 
@@ -250,13 +255,17 @@ BETA_TRIALS: dict[str, list[Any]] = {
     "beta": [0.0, 1.0, 10.0, 2.0, 5.0, 0.5, 3.0, 4.0, None],
     "map": [50.0, 60.0, 61.0, np.nan, 63.0, 40.0, 41.0, 45.0, 46.0],
     "attr_auc": [80.0, 81.0, np.nan, 83.0, 84.0, 70.0, 71.0, 75.0, 76.0],
-}  # fmt: skip
+}
 
 
 def test_metrics_vs_beta_groups_the_trials_by_matching_kind_and_method() -> None:
     finished = pa.table(BETA_TRIALS)
-    rows = [_row("kd", "teacher", map=90.0, attr_auc=95.0), _row("kd", "naive", map=50.0),
-            _row("prune", "teacher", map=90.0), _row("prune", "naive", attr_auc=math.nan)]  # fmt: skip
+    rows = [
+        _row("kd", "teacher", map=90.0, attr_auc=95.0),
+        _row("kd", "naive", map=50.0),
+        _row("prune", "teacher", map=90.0),
+        _row("prune", "naive", attr_auc=math.nan),
+    ]
 
     info = metrics_vs_beta_info(finished, rows)
 
@@ -267,11 +276,14 @@ def test_metrics_vs_beta_groups_the_trials_by_matching_kind_and_method() -> None
         for kind in order:
             for method in ("kd", "prune"):
                 picked = [
-                    i for i in range(len(BETA_TRIALS["run_id"]))
-                    if kinds[i] == kind and BETA_TRIALS["method"][i] == method
-                    and (b := BETA_TRIALS["beta"][i]) is not None and b > 0
+                    i
+                    for i in range(len(BETA_TRIALS["run_id"]))
+                    if kinds[i] == kind
+                    and BETA_TRIALS["method"][i] == method
+                    and (b := BETA_TRIALS["beta"][i]) is not None
+                    and b > 0
                     and math.isfinite(BETA_TRIALS[metric][i])
-                ]  # fmt: skip
+                ]
                 if picked:
                     expected.append((kind, method, picked))
         series = [s for s in info.series if s.metric == metric]
@@ -321,8 +333,14 @@ def _maps(targets: Sequence[int], fill: float, *, indices: Sequence[int] = (0, 1
 
 
 def test_overlays_take_the_rows_with_the_first_rows_images_and_classes() -> None:
-    rows = [_row("kd", "teacher"), _row("kd", "naive"), _row("kd", "EWA"), _row("kd", "SWA"),
-            _row("kd", "SSWA"), ReportRow("kd", "SSWA", "", "", None, None, {})]  # fmt: skip
+    rows = [
+        _row("kd", "teacher"),
+        _row("kd", "naive"),
+        _row("kd", "EWA"),
+        _row("kd", "SWA"),
+        _row("kd", "SSWA"),
+        ReportRow("kd", "SSWA", "", "", None, None, {}),
+    ]
     maps = {
         "id-kd-teacher": _maps([0, 1], 0.9),  # a teacher row is never a column
         "id-kd-naive": _maps([0, 1], 0.1),
@@ -342,8 +360,11 @@ def test_overlays_take_the_rows_with_the_first_rows_images_and_classes() -> None
 
 def test_overlays_of_several_methods_name_the_method_and_need_maps() -> None:
     rows = [_row("kd", "naive"), _row("prune", "naive"), _row("prune", "EWA")]
-    maps = {"id-kd-naive": _maps([0, 1], 0.1), "id-prune-naive": _maps([0, 1], 0.2),
-            "id-prune-EWA": _maps([0, 1], 0.3, indices=(4, 5))}  # fmt: skip
+    maps = {
+        "id-kd-naive": _maps([0, 1], 0.1),
+        "id-prune-naive": _maps([0, 1], 0.2),
+        "id-prune-EWA": _maps([0, 1], 0.3, indices=(4, 5)),
+    }
     info = overlay_info(rows, maps)
     assert info is not None
     assert info.drawn == ["kd naive", "prune naive"]

@@ -218,10 +218,18 @@ def test_name_clashes_are_prefixed_and_numbers_parse(tmp_path: Path) -> None:
         )
     table = load_trials(uri, "clash")
     assert table.column_names == [
-        "run_id", "trial", "status",
-        "params.map", "mixed", "n", "special", "params.status", "u",
-        "map", "metrics.trial",
-    ]  # fmt: skip
+        "run_id",
+        "trial",
+        "status",
+        "params.map",
+        "mixed",
+        "n",
+        "special",
+        "params.status",
+        "u",
+        "map",
+        "metrics.trial",
+    ]
     assert table.column("trial").to_pylist() == ["t0", "t1"]
     assert table.column("n").to_pylist() == [1.0, 2.5]
     assert table.column("u").to_pylist() == ["3", "1_000"]

@@ -59,26 +59,51 @@ def test_anchors_aliases_and_merge_keys_within_bounds_work() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a: &a [*a]\n", "must not hold a value that contains itself, got an alias to its own "
-         "anchor at line 1, column 4"),
-        ("a: " + "[" * (MAX_YAML_DEPTH + 1) + "]" * (MAX_YAML_DEPTH + 1) + "\n",
-         f"must nest lists and mappings at most {MAX_YAML_DEPTH} levels deep, got deeper at line 1"),
-        ("[" * 5000 + "]" * 5000, f"must nest lists and mappings at most {MAX_YAML_DEPTH} levels "
-         "deep, got deeper"),  # PyYAML itself would die of recursion
-        ("seed: " + "9" * 5000 + "\n", "must write each number in at most 100 characters, got one "
-         "of 5000 at line 1, column 7"),  # int() refuses over 4300 digits
+        (
+            "a: &a [*a]\n",
+            "must not hold a value that contains itself, got an alias to its own "
+            "anchor at line 1, column 4",
+        ),
+        (
+            "a: " + "[" * (MAX_YAML_DEPTH + 1) + "]" * (MAX_YAML_DEPTH + 1) + "\n",
+            f"must nest lists and mappings at most {MAX_YAML_DEPTH} levels deep, got deeper at line 1",
+        ),
+        (
+            "[" * 5000 + "]" * 5000,
+            f"must nest lists and mappings at most {MAX_YAML_DEPTH} levels deep, got deeper",
+        ),  # PyYAML itself would die of recursion
+        (
+            "seed: " + "9" * 5000 + "\n",
+            "must write each number in at most 100 characters, got one of 5000 at line 1, column 7",
+        ),  # int() refuses over 4300 digits
         ("seed: " + "9" * 4400 + ":10\n", "must write each number in at most 100 characters"),
-        ("day: 2026-13-45\n", "is not valid YAML: a value its type refuses (month must be in "
-         "1..12)"),
-        ("name: a\x00b\n", "is not valid YAML at line 1, column 8: found character U+0000, which "
-         "YAML does not allow"),
-        ("epochs: 2\ntrials: 1\nepochs: 30\n", "is not valid YAML at line 3, column 1: found "
-         "duplicate key 'epochs' (YAML would keep only the last value; the first is at line 1, "
-         "column 1)"),
+        (
+            "day: 2026-13-45\n",
+            "is not valid YAML: a value its type refuses (month must be in 1..12)",
+        ),
+        (
+            "name: a\x00b\n",
+            "is not valid YAML at line 1, column 8: found character U+0000, which "
+            "YAML does not allow",
+        ),
+        (
+            "epochs: 2\ntrials: 1\nepochs: 30\n",
+            "is not valid YAML at line 3, column 1: found "
+            "duplicate key 'epochs' (YAML would keep only the last value; the first is at line 1, "
+            "column 1)",
+        ),
     ],
-    ids=["self-reference", "too-deep", "deeper-than-pyyaml", "long-int", "sexagesimal",
-         "bad-date", "nul", "duplicate-key"],
-)  # fmt: skip
+    ids=[
+        "self-reference",
+        "too-deep",
+        "deeper-than-pyyaml",
+        "long-int",
+        "sexagesimal",
+        "bad-date",
+        "nul",
+        "duplicate-key",
+    ],
+)
 def test_out_of_bounds_yaml_is_one_message(text: str, expected: str) -> None:
     with pytest.raises(BoundedYamlError) as caught:
         load_bounded_yaml(text)

@@ -215,14 +215,16 @@ def test_builtin_search_space_path_takes_built_in_names_only() -> None:
         (b"parameters: {x: \xff}\n", "must be UTF-8 text, got byte 0xff at offset 16"),
         (
             b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
-            + b"".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode()
-                       for p, c in zip("abcdef", "bcdefg", strict=True)),
+            + b"".join(
+                f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode()
+                for p, c in zip("abcdef", "bcdefg", strict=True)
+            ),
             "must hold at most 100000 values with its aliases (*name) expanded",
         ),
         (b"parameters: &p {x: *p}\n", "must not hold a value that contains itself"),
     ],
     ids=["not-utf-8", "alias-bomb", "self-reference"],
-)  # fmt: skip
+)
 def test_a_space_file_out_of_bounds_is_one_problem(
     tmp_path: Path, content: bytes, expected: str
 ) -> None:

@@ -40,10 +40,19 @@ class MlflowServer:
         import requests
 
         command = [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-            "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1",
-        ]  # fmt: skip
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--workers",
+            "1",
+        ]
         log = (self.root / "server.log").open("ab")
         # MLflow 3's job runner (a dozen huey worker processes) serves no tracking request.
         environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

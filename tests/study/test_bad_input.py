@@ -73,9 +73,14 @@ def _apc(
     capsys.readouterr()  # what the case's own setup printed
     if command == "run":
         argv = [
-            "run", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--storage", f"{tmp_path}/ray", *extra,
-        ]  # fmt: skip
+            "run",
+            str(path),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage",
+            f"{tmp_path}/ray",
+            *extra,
+        ]
     else:
         argv = ["validate", str(path)]
     code = main(argv)
@@ -354,9 +359,12 @@ def _voc(root: Path) -> Path:
     """A two-image VOC 2012 tree (a dog in each), every split listing both images."""
     voc = root / "VOCdevkit" / "VOC2012"
     for folder in (
-        "JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Main",
+        "JPEGImages",
+        "Annotations",
+        "SegmentationClass",
+        "ImageSets/Main",
         "ImageSets/Segmentation",
-    ):  # fmt: skip
+    ):
         (voc / folder).mkdir(parents=True)
     for image_id in IDS:
         Image.new("RGB", (40, 30), (120, 30, 200)).save(voc / "JPEGImages" / f"{image_id}.jpg")
@@ -638,9 +646,15 @@ def test_a_fitting_checkpoint_passes(tmp_path: Path) -> None:
             "got '{tmp}/spec.yaml/results'",
         ),
     ],
-    ids=["http-refused", "sqlite-no-folder", "sqlite-not-a-db", "ray-refused", "ray-client",
-         "storage-under-a-file"],
-)  # fmt: skip
+    ids=[
+        "http-refused",
+        "sqlite-no-folder",
+        "sqlite-not-a-db",
+        "ray-refused",
+        "ray-client",
+        "storage-under-a-file",
+    ],
+)
 def test_unreachable_services_and_unwritable_places(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected: str
 ) -> None:

@@ -100,10 +100,18 @@ def test_pareto_probes_an_unreachable_server_first(capsys: pytest.CaptureFixture
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True),
-     ("localhost", True), ("0.0.0.0", False), ("::", False), ("10.0.0.5", False),
-     ("head.internal", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("head.internal", False),
+    ],
+)
 def test_ui_knows_loopback_addresses(host: str, loopback: bool) -> None:
     from study.cli import _is_loopback
 
@@ -116,10 +124,23 @@ def test_ui_on_a_public_address_warns_before_it_serves(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ui = subprocess.Popen(
-        [sys.executable, "-m", "study.cli", "ui", "--host", "0.0.0.0", "--port", str(port),
-         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "study.cli",
+            "ui",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert ui.stderr is not None
         first = ui.stderr.readline()
@@ -140,9 +161,14 @@ def test_the_end_of_a_study_names_refused_records_and_their_file(
 
     quarantine = tmp_path / "mlflow-pending.quarantine.jsonl"
     outcome = StudyOutcome(
-        "run-id", trials=2, failed=0, seconds=60.0, complete=False,
-        quarantined=3, quarantine=quarantine,
-    )  # fmt: skip
+        "run-id",
+        trials=2,
+        failed=0,
+        seconds=60.0,
+        complete=False,
+        quarantined=3,
+        quarantine=quarantine,
+    )
     assert _finish(parse_spec({"name": "q"}), outcome) == 1  # incomplete: no Pareto table
     err = capsys.readouterr().err.splitlines()
     assert f"apc: MLflow refused 3 records; each is kept with its reason in {quarantine}" in err

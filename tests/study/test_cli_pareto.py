@@ -71,9 +71,18 @@ def test_table_lists_the_front_best_first_with_objectives_then_params(
     rows = [line.split() for line in lines[2:]]
     assert [row[0] for row in rows] == ranked(DEFAULT, front)
     assert rows[0] == [
-        "distill_3f2a_00003", "65", "71", "4000",
-        "2", "0.1", "sswa", "distillation", "1", "8", store.teacher_run_id,
-    ]  # fmt: skip
+        "distill_3f2a_00003",
+        "65",
+        "71",
+        "4000",
+        "2",
+        "0.1",
+        "sswa",
+        "distillation",
+        "1",
+        "8",
+        store.teacher_run_id,
+    ]
     assert rows[1][:7] == ["distill_3f2a_00001", "62", "72", "1000", "1", "-", "ewa"]
     # Aligned: every column starts at the same offset on every line.
     header = lines[1]
@@ -291,8 +300,12 @@ def test_console_script_gives_no_traceback(store: StudyStore, tmp_path: Path) ->
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
         [sys.executable, "-m", "study.cli", "pareto", "nope", "--tracking-uri", store.uri],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert done.stderr == (
@@ -312,23 +325,36 @@ def test_several_studies_share_one_front(
     uri = f"sqlite:///{tmp_path / 'mixed.db'}"
     client = MlflowClient(tracking_uri=uri)
     studies = {
-        "kd": [Trial("kd_0", {"method": "distillation", "student_width": "2"},
-                     {"map": 60.0, "params": 100.0}),
-               Trial("kd_1", {"method": "distillation", "student_width": "4"},
-                     {"map": 50.0, "params": 30.0})],
-        "int8": [Trial("q_0", {"method": "quantization", "mode": "static_int8"},
-                       {"map": 58.0, "params": 20.0}),
-                 Trial("q_1", {"method": "quantization", "mode": "fp16"},
-                       {"map": 49.0, "params": 40.0})],
-    }  # fmt: skip
+        "kd": [
+            Trial(
+                "kd_0",
+                {"method": "distillation", "student_width": "2"},
+                {"map": 60.0, "params": 100.0},
+            ),
+            Trial(
+                "kd_1",
+                {"method": "distillation", "student_width": "4"},
+                {"map": 50.0, "params": 30.0},
+            ),
+        ],
+        "int8": [
+            Trial(
+                "q_0",
+                {"method": "quantization", "mode": "static_int8"},
+                {"map": 58.0, "params": 20.0},
+            ),
+            Trial("q_1", {"method": "quantization", "mode": "fp16"}, {"map": 49.0, "params": 40.0}),
+        ],
+    }
     for study, trials in studies.items():
         experiment = client.create_experiment(study, artifact_location=(tmp_path / study).as_uri())
         for trial in trials:
             run = client.create_run(experiment, tags={"apc.role": "trial"}, run_name=trial.name)
             client.log_batch(
-                run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in trial.final.items()],
+                run.info.run_id,
+                metrics=[Metric(k, v, 0, 0) for k, v in trial.final.items()],
                 params=[Param(k, v) for k, v in trial.params.items()],
-            )  # fmt: skip
+            )
     objectives = {"map": "max", "params": "min"}
     args = ["pareto", "kd", "int8", "--tracking-uri", uri, "--objectives", "map:max,params:min"]
     assert main([*args, "--format", "csv"]) == 0

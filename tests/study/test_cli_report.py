@@ -70,8 +70,12 @@ def test_report_logs_to_the_newest_study_run_and_writes_out(
     assert table in markdown
     rows = [line for line in table.splitlines() if line.startswith("| distillation |")]
     assert [line.split(" | ")[4] for line in rows] == [
-        "teacher", TRIALS[0].name, TRIALS[1].name, TRIALS[6].name, TRIALS[3].name,
-    ]  # fmt: skip
+        "teacher",
+        TRIALS[0].name,
+        TRIALS[1].name,
+        TRIALS[6].name,
+        TRIALS[3].name,
+    ]
     assert "distill_ab12_00099" not in stdout  # the older study run's trial
     lines = stdout.splitlines()
     assert lines[-3] == (

@@ -70,9 +70,12 @@ DIVERGING = "{matching: ewa, beta: 1.0e+38, student_width: 1}"
 
 
 def _wait(
-    condition: Callable[[], Any], *, timeout_s: float, what: str,
+    condition: Callable[[], Any],
+    *,
+    timeout_s: float,
+    what: str,
     process: subprocess.Popen[str] | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """``condition()`` once it is true; fails when ``process`` ends first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -101,10 +104,18 @@ class Setup:
 
     def run_args(self, name: str, enqueue: list[str], *sets: str) -> list[str]:
         return [
-            "run", str(self.spec), "--name", name, "--tracking-uri", self.mlflow.uri,
-            "--storage", str(self.storage), "--set", f"enqueue=[{', '.join(enqueue)}]",
+            "run",
+            str(self.spec),
+            "--name",
+            name,
+            "--tracking-uri",
+            self.mlflow.uri,
+            "--storage",
+            str(self.storage),
+            "--set",
+            f"enqueue=[{', '.join(enqueue)}]",
             *(arg for assignment in sets for arg in ("--set", assignment)),
-        ]  # fmt: skip
+        ]
 
     def trial_runs(self, name: str) -> list[Any]:
         experiment = self.client().get_experiment_by_name(name)
@@ -141,10 +152,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         cluster = Cluster(
             initialize_head=True,
             head_node_args={
-                "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                "num_cpus": 0,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
                 "dashboard_port": dashboard_port,
             },
-        )  # fmt: skip
+        )
         cleanup.callback(cluster.shutdown)
         for _ in range(2):
             cluster.add_node(num_cpus=1)
@@ -166,10 +179,20 @@ def test_job_submitted_study_spans_nodes_survives_mlflow_outage_and_a_diverged_t
     """``ray job submit -- apc run``: the Ray Jobs way into a running cluster."""
     args = setup.run_args("jobs", [DIVERGING, *SETTINGS[:3]])
     job = subprocess.Popen(
-        [str(BIN / "ray"), "job", "submit", "--address", setup.dashboard, "--",
-         str(BIN / "apc"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            setup.dashboard,
+            "--",
+            str(BIN / "apc"),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = setup.client()
 
     def epochs_logged() -> int:
@@ -209,10 +232,17 @@ def test_job_submitted_study_spans_nodes_survives_mlflow_outage_and_a_diverged_t
 
 def _driver(setup: Setup, name: str, enqueue: list[str], *sets: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(BIN / "apc"), *setup.run_args(name, enqueue, *sets), "--ray-address",
-         setup.cluster.address],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "apc"),
+            *setup.run_args(name, enqueue, *sets),
+            "--ray-address",
+            setup.cluster.address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) -> None:
@@ -255,8 +285,10 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
     client = setup.client()
     finished = _wait(
         lambda: [r for r in setup.trial_runs("resumed") if r.info.status == "FINISHED"],
-        timeout_s=300, what="a finished trial", process=driver,
-    )  # fmt: skip
+        timeout_s=300,
+        what="a finished trial",
+        process=driver,
+    )
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=30)
     before = {r.data.tags["apc.trial_id"]: r for r in setup.trial_runs("resumed")}
@@ -265,8 +297,10 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
 
     resumed = subprocess.run(
         [str(BIN / "apc"), "resume", "resumed", "--tracking-uri", setup.mlflow.uri],
-        capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     runs = setup.trial_runs("resumed")
     assert len(runs) == 4
@@ -292,16 +326,19 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
     # A trial started after Tune's last snapshot (if the kill came in time to leave one):
     # Tune ran its place again, and its run is deleted, tagged as such.
     orphans = setup.client().search_runs(
-        [runs[0].info.experiment_id], filter_string="tags.`apc.role` = 'trial'",
+        [runs[0].info.experiment_id],
+        filter_string="tags.`apc.role` = 'trial'",
         run_view_type=ViewType.DELETED_ONLY,
-    )  # fmt: skip
+    )
     for run in orphans:
         assert run.data.tags["apc.orphaned"].startswith("started after Tune's last snapshot")
         assert run.data.tags["apc.trial_id"] not in {r.data.tags["apc.trial_id"] for r in runs}
     again = subprocess.run(
         [str(BIN / "apc"), "resume", "resumed", "--tracking-uri", setup.mlflow.uri],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2
     assert "is finished" in again.stderr
 
@@ -318,8 +355,10 @@ def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup)
     assert "<title>MLflow</title>" in page.text
     report = subprocess.run(
         [str(BIN / "apc"), "report", "resumed", "--tracking-uri", base],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stdout + report.stderr
 
     api = f"{base}/api/2.0/mlflow"
@@ -339,8 +378,9 @@ def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup)
             assert tag["mlflow.parentRunId"] == parent_id  # nested under the study in the UI
     history = requests.get(
         f"{api}/metrics/get-history",
-        params={"run_id": trials[0]["info"]["run_id"], "metric_key": "map"}, timeout=30,
-    ).json()["metrics"]  # fmt: skip
+        params={"run_id": trials[0]["info"]["run_id"], "metric_key": "map"},
+        timeout=30,
+    ).json()["metrics"]
     assert sorted(point["step"] for point in history) == list(range(EPOCHS))
 
     listed = requests.get(

@@ -46,9 +46,7 @@ def _started(uri: str, root: Path, name: str) -> StudyTracker:
 
 
 def _trial_run(client: MlflowClient, tracker: StudyTracker, trial_id: str) -> Any:
-    (run,) = client.search_runs(
-        [tracker.experiment_id], f"tags.`apc.trial_id` = '{trial_id}'"
-    )  # fmt: skip
+    (run,) = client.search_runs([tracker.experiment_id], f"tags.`apc.trial_id` = '{trial_id}'")
     return run
 
 
@@ -106,10 +104,10 @@ def test_a_trial_run_left_without_params_gets_them_on_resume(store: tuple[str, P
     uri, root = store
     first = _started(uri, root, "paramless")
     first.client.create_run(
-        first.experiment_id, run_name="t1",
-        tags={"apc.role": "trial", "mlflow.parentRunId": first.parent_run_id,
-              "apc.trial_id": "t1"},
-    )  # fmt: skip
+        first.experiment_id,
+        run_name="t1",
+        tags={"apc.role": "trial", "mlflow.parentRunId": first.parent_run_id, "apc.trial_id": "t1"},
+    )
     first.client.log_param(_trial_run(first.client, first, "t1").info.run_id, "method", "x")
     first.close(status="KILLED", timeout_s=10)
 
@@ -154,8 +152,10 @@ def test_refused_records_are_quarantined_and_the_trials_later_records_land(
     kept = _quarantined(tracker)
     assert [k["record"]["op"] for k in kept] == ["start", "tag"]
     assert kept[0]["record"]["params"]["odd?"] == "1"
-    assert kept[0]["reason"].startswith("_ParamsRefusedError: trial t1: MLflow refused params "
-                                        "['odd?'] (odd?: Invalid value \"odd?\" for parameter")  # fmt: skip
+    assert kept[0]["reason"].startswith(
+        "_ParamsRefusedError: trial t1: MLflow refused params "
+        "['odd?'] (odd?: Invalid value \"odd?\" for parameter"
+    )
     assert kept[1]["reason"].startswith('MlflowException: Invalid value "also odd?" for parameter')
     assert tracker.quarantined == 2
     (warning,) = [r.getMessage() for r in caplog.records]  # once, not once per record
@@ -269,14 +269,37 @@ def test_resume_backfills_a_finished_study_from_a_torn_spool_and_result_json(
     space = tmp_path / "my" / "spaces" / "kd.yaml"
     space.parent.mkdir(parents=True)
     space.write_text(builtin_search_space_path("distillation").read_text())
-    code = main([
-        "run", "--name", "done", "--trials", "1", "--tracking-uri", uri,
-        "--storage", str(storage), "--set", f"search_space={space}",
-        "--set", "epochs=1", "--set", "dataset.train_size=16", "--set", "dataset.val_size=8",
-        "--set", "dataset.image_size=32", "--set", "teacher.epochs=1",
-        "--set", "training.batch_size=8", "--set", "max_concurrent=1",
-        "--set", "enqueue=[{matching: none, student_width: 2}]",
-    ])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "--name",
+            "done",
+            "--trials",
+            "1",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(storage),
+            "--set",
+            f"search_space={space}",
+            "--set",
+            "epochs=1",
+            "--set",
+            "dataset.train_size=16",
+            "--set",
+            "dataset.val_size=8",
+            "--set",
+            "dataset.image_size=32",
+            "--set",
+            "teacher.epochs=1",
+            "--set",
+            "training.batch_size=8",
+            "--set",
+            "max_concurrent=1",
+            "--set",
+            "enqueue=[{matching: none, student_width: 2}]",
+        ]
+    )
     assert code == 0
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("done")

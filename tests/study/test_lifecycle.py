@@ -108,8 +108,9 @@ def test_resume_while_the_driver_runs_exits_2_naming_it(
     uri, storage = _store(tmp_path)
     spec_path = _spec(tmp_path, tracking_uri=uri, storage_path=str(storage))
     spec = load_spec(spec_path)
-    tracker = StudyTracker(uri, name="tiny", objectives=spec.objectives,
-                           spool=storage / "tiny" / PENDING_FILE)  # fmt: skip
+    tracker = StudyTracker(
+        uri, name="tiny", objectives=spec.objectives, spool=storage / "tiny" / PENDING_FILE
+    )
     data = yaml.safe_load(spec_path.read_text())
     tracker.start_study(spec, spec_path.read_text(), effective_spec_text(data, base_dir=tmp_path))
     capsys.readouterr()
@@ -173,10 +174,22 @@ def test_a_driver_killed_in_the_teacher_stage_leaves_a_name_that_runs_again(
     uri, storage = _store(tmp_path)
     slow = _spec(tmp_path, teacher={"epochs": 200})
     driver = subprocess.Popen(
-        [sys.executable, "-m", "study.cli", "run", str(slow), "--tracking-uri", uri,
-         "--storage", str(storage)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "study.cli",
+            "run",
+            str(slow),
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(storage),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert driver.stdout is not None
     deadline = time.monotonic() + 120
     for line in driver.stdout:  # the study run exists once the teacher reports

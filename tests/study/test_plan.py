@@ -13,10 +13,14 @@ from trainables.data.shapes import ShapesDataset
 
 
 def test_the_plan_of_a_shapes_study() -> None:
-    spec = parse_spec({
-        "name": "p", "epochs": 3, "teacher": {"epochs": 5, "dataset_options": {"context_prob": 0.0}},
-        "dataset": {"name": "shapes", "image_size": 32, "options": {"context_prob": 0.5}},
-    })  # fmt: skip
+    spec = parse_spec(
+        {
+            "name": "p",
+            "epochs": 3,
+            "teacher": {"epochs": 5, "dataset_options": {"context_prob": 0.0}},
+            "dataset": {"name": "shapes", "image_size": 32, "options": {"context_prob": 0.5}},
+        }
+    )
     plan = plan_study(spec)
     assert plan.num_classes == ShapesDataset("val", size=1, image_size=32).num_classes
     assert plan.trial == trial_setup(spec, num_classes=plan.num_classes)

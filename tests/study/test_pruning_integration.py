@@ -30,14 +30,34 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
 
 def _run(store: tuple[str, Path], name: str, *overrides: str) -> None:
     uri, root = store
-    code = main([
-        "run", "--name", name, "--trials", "1", "--tracking-uri", uri,
-        "--storage", str(root / "results"),
-        "--set", "epochs=2", "--set", "dataset.train_size=32", "--set", "dataset.val_size=16",
-        "--set", "dataset.image_size=32", "--set", "teacher.epochs=1",
-        "--set", "training.batch_size=16", "--set", "max_concurrent=1",
-        *[arg for value in overrides for arg in ("--set", value)],
-    ])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "--name",
+            name,
+            "--trials",
+            "1",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(root / "results"),
+            "--set",
+            "epochs=2",
+            "--set",
+            "dataset.train_size=32",
+            "--set",
+            "dataset.val_size=16",
+            "--set",
+            "dataset.image_size=32",
+            "--set",
+            "teacher.epochs=1",
+            "--set",
+            "training.batch_size=16",
+            "--set",
+            "max_concurrent=1",
+            *[arg for value in overrides for arg in ("--set", value)],
+        ]
+    )
     assert code == 0
 
 
@@ -84,8 +104,9 @@ def _check_evaluation_artifacts(store: tuple[str, Path], run: Any, method: str) 
         steps = [m.step for m in client.get_metric_history(run_id, f"{name}_{method}")]
         assert steps == [1]
     assert 0.0 <= metrics["pie_fraction"] <= 1.0
-    table = pq.read_table(client.download_artifacts(run_id, "evaluation/per_sample.parquet",
-                                                    str(store[1])))  # fmt: skip
+    table = pq.read_table(
+        client.download_artifacts(run_id, "evaluation/per_sample.parquet", str(store[1]))
+    )
     assert table.num_rows == 16  # dataset.val_size
     assert {"index", "teacher_agree", f"attr_cos_{method}", "predicted"} <= set(table.schema.names)
     agree = table.column("teacher_agree").to_numpy(zero_copy_only=False)
@@ -96,9 +117,10 @@ def _check_evaluation_artifacts(store: tuple[str, Path], run: Any, method: str) 
     assert maps.images.shape == (3, 32, 32, 3)
     assert maps.student.shape == (3, 32, 32)
     teacher = next(
-        r for r in client.search_runs([run.info.experiment_id])
+        r
+        for r in client.search_runs([run.info.experiment_id])
         if r.data.tags["apc.role"] == "teacher"
-    )  # fmt: skip
+    )
     assert f"attr_auc_{method}" in teacher.data.metrics
 
 
@@ -106,18 +128,23 @@ def test_structured_pruning_study(store: tuple[str, Path]) -> None:
     from mlflow.tracking import MlflowClient
 
     _run(
-        store, "structured",
-        "method=structured_pruning", "search_space=structured_pruning",
-        "method_options={scheme: paper}", "objectives={map: max, flops: min}",
+        store,
+        "structured",
+        "method=structured_pruning",
+        "search_space=structured_pruning",
+        "method_options={scheme: paper}",
+        "objectives={map: max, flops: min}",
         "enqueue=[{matching: swa, beta: 1.0, prune_rate: 0.5}]",
         "evaluation={attribution_methods: [ebp], overlay_images: 3}",
-    )  # fmt: skip
+    )
     run = _trial(store, "structured")
     _check_evaluation_artifacts(store, run, "ebp")
     params, metrics = run.data.params, run.data.metrics
     assert (params["method"], params["prune_rate"], params["matching"]) == (
-        "structured_pruning", "0.5", "swa",
-    )  # fmt: skip
+        "structured_pruning",
+        "0.5",
+        "swa",
+    )
     assert SIZE_METRICS | {"latency_ms_b32", "map"} <= set(metrics)
     assert 0.2 < metrics["param_fraction"] < 0.7
     assert metrics["nonzero_params"] <= metrics["params"]
@@ -130,11 +157,14 @@ def test_unstructured_pruning_study(store: tuple[str, Path]) -> None:
     from mlflow.tracking import MlflowClient
 
     _run(
-        store, "unstructured",
-        "method=unstructured_pruning", "search_space=unstructured_pruning",
-        "method_options={steps: 2}", "objectives={map: max, nonzero_params: min}",
+        store,
+        "unstructured",
+        "method=unstructured_pruning",
+        "search_space=unstructured_pruning",
+        "method_options={steps: 2}",
+        "objectives={map: max, nonzero_params: min}",
         "enqueue=[{matching: none, prune_rate: 0.5}]",
-    )  # fmt: skip
+    )
     run = _trial(store, "unstructured")
     params, metrics = run.data.params, run.data.metrics
     assert (params["method"], params["prune_rate"]) == ("unstructured_pruning", "0.5")
@@ -150,10 +180,11 @@ def test_unstructured_pruning_study(store: tuple[str, Path]) -> None:
     # and its teacher run reports what the trained one did, its size included.
     client = MlflowClient(store[0])
     teachers = [
-        r for name in ("structured", "unstructured")
+        r
+        for name in ("structured", "unstructured")
         for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
         if r.data.tags["apc.role"] == "teacher"
-    ]  # fmt: skip
+    ]
     assert len(teachers) == 2
     assert teachers[0].data.metrics["params"] == teachers[1].data.metrics["params"]
     assert teachers[1].data.metrics["map"] == pytest.approx(teachers[0].data.metrics["map"])

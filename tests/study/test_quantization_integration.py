@@ -24,17 +24,42 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     uri = f"sqlite:///{root}/mlflow.db"
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        code = main([
-            "run", "--name", NAME, "--trials", "2", "--tracking-uri", uri,
-            "--storage", str(root / "results"),
-            "--set", "epochs=2", "--set", "dataset.train_size=32", "--set", "dataset.val_size=16",
-            "--set", "dataset.image_size=32", "--set", "teacher.epochs=1",
-            "--set", "training.batch_size=16", "--set", "max_concurrent=1",
-            "--set", "method=quantization", "--set", "search_space=quantization",
-            "--set", "objectives={map: max, model_bytes: min, latency_ms: min}",
-            "--set", "enqueue=[{mode: qat_int8, matching: sswa, beta: 1.0, drop_p: 0.3}, "
-                     "{mode: static_int8, calibration_size: 32, observer: minmax}]",
-        ])  # fmt: skip
+        code = main(
+            [
+                "run",
+                "--name",
+                NAME,
+                "--trials",
+                "2",
+                "--tracking-uri",
+                uri,
+                "--storage",
+                str(root / "results"),
+                "--set",
+                "epochs=2",
+                "--set",
+                "dataset.train_size=32",
+                "--set",
+                "dataset.val_size=16",
+                "--set",
+                "dataset.image_size=32",
+                "--set",
+                "teacher.epochs=1",
+                "--set",
+                "training.batch_size=16",
+                "--set",
+                "max_concurrent=1",
+                "--set",
+                "method=quantization",
+                "--set",
+                "search_space=quantization",
+                "--set",
+                "objectives={map: max, model_bytes: min, latency_ms: min}",
+                "--set",
+                "enqueue=[{mode: qat_int8, matching: sswa, beta: 1.0, drop_p: 0.3}, "
+                "{mode: static_int8, calibration_size: 32, observer: minmax}]",
+            ]
+        )
         assert code == 0
         yield uri, root
     finally:
@@ -68,8 +93,17 @@ def test_mlflow_holds_the_int8_trials_metrics_and_models(study: tuple[str, Path]
     client = MlflowClient(tracking_uri=uri)
     for run in (qat, static):
         metrics = run.data.metrics
-        assert {"map", "attr_cos", "attr_l2", "params", "model_bytes", "flops", "latency_ms",
-                "latency_ms_b32", "param_fraction"} <= set(metrics)  # fmt: skip
+        assert {
+            "map",
+            "attr_cos",
+            "attr_l2",
+            "params",
+            "model_bytes",
+            "flops",
+            "latency_ms",
+            "latency_ms_b32",
+            "param_fraction",
+        } <= set(metrics)
         # int8 weights: about a quarter of the float32 teacher's (BN folded) state.
         assert metrics["model_bytes"] < 0.4 * 4 * metrics["params"]
         history = client.get_metric_history(run.info.run_id, "map")
@@ -94,8 +128,21 @@ def test_pareto_over_the_quantized_trials(
     front = pareto_front(table, {"map": "max", "model_bytes": "min", "latency_ms": "min"})
     assert 1 <= front.num_rows <= 2
     capsys.readouterr()
-    assert main(["pareto", NAME, "--tracking-uri", uri,
-                 "--objectives", "map:max,model_bytes:min", "--format", "csv"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pareto",
+                NAME,
+                "--tracking-uri",
+                uri,
+                "--objectives",
+                "map:max,model_bytes:min",
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert "model_bytes" in lines[0]
     assert len(lines) == 1 + front.num_rows or len(lines) >= 2

@@ -16,14 +16,35 @@ pytestmark = pytest.mark.integration
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp("study")
     uri = f"sqlite:///{root}/mlflow.db"
-    code = main([
-        "run", "--name", "tiny", "--trials", "2", "--tracking-uri", uri,
-        "--storage", str(root / "results"),
-        "--set", "epochs=2", "--set", "dataset.train_size=48", "--set", "dataset.val_size=16",
-        "--set", "dataset.image_size=32", "--set", "teacher.epochs=1",
-        "--set", "training.batch_size=16", "--set", "max_concurrent=2",
-        "--set", "enqueue=[{matching: none, student_width: 2}, {matching: sswa, beta: 1.0, drop_p: 0.3, student_width: 2}]",
-    ])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "--name",
+            "tiny",
+            "--trials",
+            "2",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(root / "results"),
+            "--set",
+            "epochs=2",
+            "--set",
+            "dataset.train_size=48",
+            "--set",
+            "dataset.val_size=16",
+            "--set",
+            "dataset.image_size=32",
+            "--set",
+            "teacher.epochs=1",
+            "--set",
+            "training.batch_size=16",
+            "--set",
+            "max_concurrent=2",
+            "--set",
+            "enqueue=[{matching: none, student_width: 2}, {matching: sswa, beta: 1.0, drop_p: 0.3, student_width: 2}]",
+        ]
+    )
     assert code == 0
     return uri, root
 
@@ -163,9 +184,10 @@ def test_report_on_the_study_holds_pies_and_overlays_of_its_trials(
     experiment = client.get_experiment_by_name("tiny")
     assert experiment is not None
     trials = [
-        r for r in client.search_runs([experiment.experiment_id])
+        r
+        for r in client.search_runs([experiment.experiment_id])
         if r.data.tags["apc.role"] == "trial"
-    ]  # fmt: skip
+    ]
     for run in trials:
         table = load_per_sample(uri, run.info.run_id)
         assert table is not None

@@ -24,9 +24,12 @@ def _space(trial: optuna.Trial) -> None:
 
 def _searcher(**kwargs: Any) -> DistinctOptunaSearch:
     return DistinctOptunaSearch(
-        space=_space, metric="map", mode="max",
-        sampler=SamplerRecipe(name="random", seed=0), **kwargs,
-    )  # fmt: skip
+        space=_space,
+        metric="map",
+        mode="max",
+        sampler=SamplerRecipe(name="random", seed=0),
+        **kwargs,
+    )
 
 
 def _study(searcher: DistinctOptunaSearch) -> optuna.Study:
@@ -85,9 +88,12 @@ def test_a_repeat_of_a_running_trial_is_told_fail_then_runs_when_nothing_else_is
         trial.suggest_categorical("w", [2])
 
     searcher = DistinctOptunaSearch(
-        space=one_choice, metric="map", mode="max",
-        sampler=SamplerRecipe(name="random", seed=0), max_retries=3,
-    )  # fmt: skip
+        space=one_choice,
+        metric="map",
+        mode="max",
+        sampler=SamplerRecipe(name="random", seed=0),
+        max_retries=3,
+    )
     assert searcher.suggest("t1") == {"w": 2}
     assert searcher.suggest("t2") == {"w": 2}  # the only configuration, after 3 skipped asks
     states = [t.state for t in _study(searcher).trials]

@@ -38,9 +38,12 @@ def _two_choices(trial: optuna.Trial) -> None:
 
 def _searcher(space: Any = _two_choices, **kwargs: Any) -> DistinctOptunaSearch:
     return DistinctOptunaSearch(
-        space=space, metric="map", mode="max", sampler=SamplerRecipe(name="random", seed=0),
+        space=space,
+        metric="map",
+        mode="max",
+        sampler=SamplerRecipe(name="random", seed=0),
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name", OPTUNA_SEARCH_INTERNALS)

@@ -299,10 +299,13 @@ def test_teacher_key_ignores_student_only_settings_and_tracks_teacher_ones() -> 
 
 
 def test_evaluation_section_names_further_methods_once() -> None:
-    spec = parse_spec({
-        "name": "s", "evaluation": {"attribution_methods": ["rap", "lrp", "rap"]},
-        "objectives": {"map": "max", "attr_auc_lrp": "max"},
-    })  # fmt: skip
+    spec = parse_spec(
+        {
+            "name": "s",
+            "evaluation": {"attribution_methods": ["rap", "lrp", "rap"]},
+            "objectives": {"map": "max", "attr_auc_lrp": "max"},
+        }
+    )
     assert spec.evaluation.attribution_methods == ("rap", "lrp")
     assert spec.evaluation.overlay_images == 8
     assert parse_spec({"name": "s"}).evaluation.attribution_methods == ()
@@ -442,8 +445,13 @@ def test_the_effective_spec_of_a_space_file_loads_again_from_anywhere(
     a subfolder, its effective text, loaded from another folder (and as resume reads it)."""
     from study.runner import effective_spec_text
 
-    data = {"name": "s", "search_space": "sub/kd.yaml", "storage_path": "results",
-            "tracking_uri": "sqlite:///m.db", "dataset": {"name": "shapes"}}  # fmt: skip
+    data = {
+        "name": "s",
+        "search_space": "sub/kd.yaml",
+        "storage_path": "results",
+        "tracking_uri": "sqlite:///m.db",
+        "dataset": {"name": "shapes"},
+    }
     first = load_spec(_spec_file(folders, data))
     text = effective_spec_text(data, base_dir=folders)
     other = folders.parent / "other"
@@ -473,11 +481,15 @@ _CAPS = [
     ("dataset.val_size", 10_000_000, "dataset.val_size: must be an integer in [1, 10000000]"),
     ("training.batch_size", 65_536, "training.batch_size: must be an integer in [1, 65536]"),
     ("training.num_workers", 256, "training.num_workers: must be an integer in [0, 256]"),
-    ("evaluation.overlay_images", 1000, "evaluation.overlay_images: must be an integer in [0, 1000]"),
+    (
+        "evaluation.overlay_images",
+        1000,
+        "evaluation.overlay_images: must be an integer in [0, 1000]",
+    ),
     ("scheduler.grace_period", 10_000, "scheduler.grace_period: must be an integer in [1, 10000]"),
     ("resources_per_trial.cpu", 1024, "resources_per_trial.cpu: must be a number in (0, 1024]"),
     ("resources_per_trial.gpu", 1024, "resources_per_trial.gpu: must be a number in [0, 1024]"),
-]  # fmt: skip
+]
 
 
 def _nested(key: str, value: object) -> dict[str, object]:
@@ -500,10 +512,18 @@ def test_each_count_and_size_has_a_documented_cap(key: str, cap: int, rule: str)
 
 @pytest.mark.parametrize(
     "key",
-    ["resources_per_trial.cpu", "resources_per_trial.gpu", "training.lr",
-     "training.weight_decay", "training.kd_temperature", "training.momentum",
-     "training.kd_alpha", "teacher.lr", "scheduler.reduction_factor"],
-)  # fmt: skip
+    [
+        "resources_per_trial.cpu",
+        "resources_per_trial.gpu",
+        "training.lr",
+        "training.weight_decay",
+        "training.kd_temperature",
+        "training.momentum",
+        "training.kd_alpha",
+        "teacher.lr",
+        "scheduler.reduction_factor",
+    ],
+)
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 10**400])
 def test_every_float_is_finite(key: str, value: float) -> None:
     """`.inf` passed for cpu, lr, weight_decay, kd_temperature and teacher.lr; an int beyond
@@ -593,6 +613,10 @@ def test_every_new_problem_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert sorted(p.partition(":")[0] for p in caught.value.problems) == [
-        "name", "resources_per_trial.cpu", "search_space", "seed", "training.batch_size",
+        "name",
+        "resources_per_trial.cpu",
+        "search_space",
+        "seed",
+        "training.batch_size",
         "training.lr",
-    ]  # fmt: skip
+    ]

@@ -134,12 +134,22 @@ def _key_paths(
 
 #: Keys a spec may give that the presets leave out.
 ABSENT_KEYS: tuple[tuple[str, ...], ...] = (
-    ("training", "num_workers"), ("training", "momentum"), ("training", "weight_decay"),
-    ("training", "kd_temperature"), ("training", "kd_alpha"), ("evaluation", "overlay_images"),
-    ("evaluation", "attribution_methods"), ("scheduler", "grace_period"),
-    ("scheduler", "reduction_factor"), ("scheduler",), ("teacher", "checkpoint"),
-    ("teacher", "pretrained"), ("dataset", "root"), ("ray_address",), ("method_options",),
-)  # fmt: skip
+    ("training", "num_workers"),
+    ("training", "momentum"),
+    ("training", "weight_decay"),
+    ("training", "kd_temperature"),
+    ("training", "kd_alpha"),
+    ("evaluation", "overlay_images"),
+    ("evaluation", "attribution_methods"),
+    ("scheduler", "grace_period"),
+    ("scheduler", "reduction_factor"),
+    ("scheduler",),
+    ("teacher", "checkpoint"),
+    ("teacher", "pretrained"),
+    ("dataset", "root"),
+    ("ray_address",),
+    ("method_options",),
+)
 
 NUMBERS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -156,16 +166,42 @@ VALUES = st.recursive(
 )
 #: The forms a path takes; {abs} is the spec's folder.
 PATH_FORMS = st.one_of(
-    st.sampled_from([
-        "kd.yaml", "./kd.yaml", "sub/kd.yaml", "../spaces/kd.yaml", "~/kd.yaml",
-        "{abs}/sub/kd.yaml", "kd", "distillation", "quantization", "kd.yml", "sub/nope.yaml",
-        "sub", "sub/", ".", "/", "~", "~no_such_user_here/kd.yaml", "a\x00b.yaml", "x" * 300,
-        "x" * 300 + "/kd.yaml", "sqlite:///mlflow.db", "sqlite:///~/m.db", "sqlite:////{abs}/m.db",
-        "sqlite://", "sqlite:///:memory:", "http://127.0.0.1:1", "s3://bucket/x", "results",
-        "~/results", "databricks",
-    ]),
+    st.sampled_from(
+        [
+            "kd.yaml",
+            "./kd.yaml",
+            "sub/kd.yaml",
+            "../spaces/kd.yaml",
+            "~/kd.yaml",
+            "{abs}/sub/kd.yaml",
+            "kd",
+            "distillation",
+            "quantization",
+            "kd.yml",
+            "sub/nope.yaml",
+            "sub",
+            "sub/",
+            ".",
+            "/",
+            "~",
+            "~no_such_user_here/kd.yaml",
+            "a\x00b.yaml",
+            "x" * 300,
+            "x" * 300 + "/kd.yaml",
+            "sqlite:///mlflow.db",
+            "sqlite:///~/m.db",
+            "sqlite:////{abs}/m.db",
+            "sqlite://",
+            "sqlite:///:memory:",
+            "http://127.0.0.1:1",
+            "s3://bucket/x",
+            "results",
+            "~/results",
+            "databricks",
+        ]
+    ),
     st.text(max_size=20),
-)  # fmt: skip
+)
 PATH_KEYS = [tuple(k.split(".")) for k in spec_module.PATH_KEYS]
 
 
@@ -231,8 +267,14 @@ def mutated(draw: st.DrawFn) -> tuple[str, str | bytes]:
         elif kind == "delete" and paths:
             _delete(data, draw(st.sampled_from(paths)))
         elif kind == "extra":
-            _set(data, (*draw(st.sampled_from([(), ("dataset",), ("training",)])),
-                        draw(st.text(min_size=1, max_size=10))), draw(SCALARS))  # fmt: skip
+            _set(
+                data,
+                (
+                    *draw(st.sampled_from([(), ("dataset",), ("training",)])),
+                    draw(st.text(min_size=1, max_size=10)),
+                ),
+                draw(SCALARS),
+            )
         elif kind == "alias":  # one mapping in two places: anchors and aliases in the text
             dataset = data.get("dataset")
             options = dataset.get("options") if isinstance(dataset, dict) else None
@@ -277,8 +319,16 @@ def test_any_mutated_spec_exits_0_or_2_with_problem_lines_and_writes_nothing(
 
 # -- paths in their documented forms load the same space -------------------------------------
 
-GOOD_FORMS = ("kd.yaml", "./kd.yaml", "sub/kd.yaml", "../spaces/kd.yaml", "~/kd.yaml",
-              "{abs}/sub/kd.yaml", "{abs}/../spaces/kd.yaml", "sub/../kd.yaml")  # fmt: skip
+GOOD_FORMS = (
+    "kd.yaml",
+    "./kd.yaml",
+    "sub/kd.yaml",
+    "../spaces/kd.yaml",
+    "~/kd.yaml",
+    "{abs}/sub/kd.yaml",
+    "{abs}/../spaces/kd.yaml",
+    "sub/../kd.yaml",
+)
 
 
 @SETTINGS

@@ -39,9 +39,9 @@ def test_a_resumed_study_keeps_its_runs_and_delivers_its_spool(store: tuple[str,
     # What the MLflow server never got before the driver died: epoch 1, spooled.
     first.spool.parent.mkdir(parents=True, exist_ok=True)
     first.spool.write_text(
-        json.dumps({"op": "metrics", "trial": "t1", "metrics": {"map": 20.0}, "step": 1,
-                    "time": 1}) + "\n"
-    )  # fmt: skip
+        json.dumps({"op": "metrics", "trial": "t1", "metrics": {"map": 20.0}, "step": 1, "time": 1})
+        + "\n"
+    )
 
     second = _tracker(uri, root, "resumable")
     assert second.attach(parent) == 1
@@ -106,18 +106,35 @@ def test_backfill_logs_what_tune_recorded_and_mlflow_lacks(store: tuple[str, Pat
     assert tracker.flush(30.0)
 
     def result(epoch: int, loss: float) -> dict[str, object]:
-        return {"epoch": epoch, "loss": loss, "map": 10.0 * epoch, "node_id": "n1",
-                "timestamp": 1_700_000_000 + epoch, "config": {"matching": "swa"}}  # fmt: skip
+        return {
+            "epoch": epoch,
+            "loss": loss,
+            "map": 10.0 * epoch,
+            "node_id": "n1",
+            "timestamp": 1_700_000_000 + epoch,
+            "config": {"matching": "swa"},
+        }
 
     tracker.backfill(
         [
-            {"trial": "partly", "config": {"matching": "swa"}, "status": "TERMINATED",
-             "results": [result(0, 1.0), result(1, 0.5)], "checkpoint": None},
-            {"trial": "unseen", "config": {"matching": "none", "student_width": 2},
-             "status": "RUNNING", "results": [result(0, 2.0)], "checkpoint": None},
+            {
+                "trial": "partly",
+                "config": {"matching": "swa"},
+                "status": "TERMINATED",
+                "results": [result(0, 1.0), result(1, 0.5)],
+                "checkpoint": None,
+            },
+            {
+                "trial": "unseen",
+                "config": {"matching": "none", "student_width": 2},
+                "status": "RUNNING",
+                "results": [result(0, 2.0)],
+                "checkpoint": None,
+            },
         ],
-        method="distillation", teacher_run_id="teacher-run",
-    )  # fmt: skip
+        method="distillation",
+        teacher_run_id="teacher-run",
+    )
     assert tracker.flush(30.0)
     client = tracker.client
     partly = client.get_run(tracker.trial_runs["partly"])
@@ -125,8 +142,12 @@ def test_backfill_logs_what_tune_recorded_and_mlflow_lacks(store: tuple[str, Pat
     assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5)]  # 0 not twice
     assert partly.info.status == "FINISHED"  # Tune had ended it
     unseen = client.get_run(tracker.trial_runs["unseen"])
-    assert unseen.data.params == {"method": "distillation", "teacher_run_id": "teacher-run",
-                                  "matching": "none", "student_width": "2"}  # fmt: skip
+    assert unseen.data.params == {
+        "method": "distillation",
+        "teacher_run_id": "teacher-run",
+        "matching": "none",
+        "student_width": "2",
+    }
     assert unseen.data.metrics["loss"] == 2.0
     assert unseen.info.status == "RUNNING"  # Tune goes on with it
     assert unseen.data.tags["apc.node_ids"] == "n1"

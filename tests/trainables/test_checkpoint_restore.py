@@ -130,9 +130,13 @@ def test_a_checkpoint_outside_a_trial_folder_is_the_only_one_tried(tmp_path: Pat
 
 EPOCHS = 3
 SETUP = TrialSetup(
-    dataset="shapes", dataset_options={}, num_classes=2, arch="vgg11_bn", teacher_width=8,
+    dataset="shapes",
+    dataset_options={},
+    num_classes=2,
+    arch="vgg11_bn",
+    teacher_width=8,
     epochs=EPOCHS,
-)  # fmt: skip
+)
 
 
 def _damaging_run(
@@ -190,11 +194,13 @@ def test_tune_retries_a_trial_from_the_older_checkpoint_when_the_newest_is_damag
             "storage": str(tmp_path / "results" / "damaged"),
         },
         run_config=tune.RunConfig(
-            name="damaged", storage_path=str(tmp_path / "results"),
+            name="damaged",
+            storage_path=str(tmp_path / "results"),
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
         ),
-    )  # fmt: skip
+    )
     grid = tuner.fit()
     assert len(grid) == 1
     result = grid[0]

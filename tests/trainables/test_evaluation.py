@@ -271,8 +271,14 @@ def test_without_masks_attribution_against_masks_is_absent(vgg, resnet, batches)
     # The teacher comparison needs no masks.
     taught = evaluate(vgg, _without_masks(batches), teacher=resnet)
     assert set(taught.metrics) == {
-        "loss", "map", "map_samples", "f1", "attr_cos", "attr_l2", "pie_fraction",
-    }  # fmt: skip
+        "loss",
+        "map",
+        "map_samples",
+        "f1",
+        "attr_cos",
+        "attr_l2",
+        "pie_fraction",
+    }
     full = evaluate(vgg, batches, teacher=resnet)
     assert taught.metrics["attr_cos"] == full.metrics["attr_cos"]
     assert set(full.per_sample) == set(PER_SAMPLE_COLUMNS)

@@ -118,21 +118,29 @@ def test_after_step_hook_runs_each_step_and_divergence_is_reported() -> None:
 
     with pytest.raises(DivergedError, match=r"loss is (nan|inf) at epoch 0"):
         train_student(
-            student, teacher, _loader(), config=LoopConfig(epochs=1),
-            matching=MatchingConfig("none"), evaluate=_no_eval, report=lambda *a: None,
+            student,
+            teacher,
+            _loader(),
+            config=LoopConfig(epochs=1),
+            matching=MatchingConfig("none"),
+            evaluate=_no_eval,
+            report=lambda *a: None,
             hooks=CompressionHooks(after_step=explode),
-        )  # fmt: skip
+        )
 
 
 def test_adamw_optimizer_trains_and_resumes() -> None:
     teacher, student = _models()
     reports: list[TrainState] = []
     train_student(
-        student, teacher, _loader(),
+        student,
+        teacher,
+        _loader(),
         config=LoopConfig(epochs=2, optimization=Optimization(optimizer="adamw", lr=1e-3)),
-        matching=MatchingConfig("ewa"), evaluate=_no_eval,
+        matching=MatchingConfig("ewa"),
+        evaluate=_no_eval,
         report=lambda e, m, s: reports.append(s),
-    )  # fmt: skip
+    )
     assert "exp_avg" in next(iter(reports[0].optimizer["state"].values()))
 
 
@@ -146,10 +154,14 @@ def test_reports_carry_train_and_eval_seconds() -> None:
 
     reports: list[dict[str, float]] = []
     train_student(
-        student, teacher, _loader(), config=LoopConfig(epochs=2),
-        matching=MatchingConfig("none"), evaluate=slow_eval,
+        student,
+        teacher,
+        _loader(),
+        config=LoopConfig(epochs=2),
+        matching=MatchingConfig("none"),
+        evaluate=slow_eval,
         report=lambda e, m, s: reports.append(m),
-    )  # fmt: skip
+    )
     for metrics in reports:
         assert metrics["time_train_s"] > 0
         assert metrics["time_eval_s"] >= 0.05

@@ -99,7 +99,9 @@ def test_folding_batch_norm_keeps_the_outputs(arch: str) -> None:
         torch.testing.assert_close(folded(_images()), model(_images()), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("arch", "mode"), [("vgg11_bn", m) for m in PTQ_MODES] + [("resnet18", "static_int8")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "mode"), [("vgg11_bn", m) for m in PTQ_MODES] + [("resnet18", "static_int8")]
+)
 def test_ptq_modes_stay_close_to_the_float_model_and_shrink_it(arch: str, mode: Any) -> None:
     model = _model(arch)
     calibration = [_images(16)]
@@ -198,9 +200,14 @@ def test_converted_qat_model_matches_the_fake_quant_model_and_is_int8() -> None:
     assert float((fake - real).abs().max()) < 0.02 * float(fake.abs().max())
     assert state_dict_bytes(teacher) / state_dict_bytes(converted) > 3.3
     metrics = quantized_size_metrics(
-        converted, SIZE, params=count_params(fold_batch_norm(teacher)), flops=1,
-        reference_params=count_params(teacher), large_batch=4, latency_repeats=1,
-    )  # fmt: skip
+        converted,
+        SIZE,
+        params=count_params(fold_batch_norm(teacher)),
+        flops=1,
+        reference_params=count_params(teacher),
+        large_batch=4,
+        latency_repeats=1,
+    )
     assert metrics["model_bytes"] == state_dict_bytes(converted)
     assert 0.95 < metrics["param_fraction"] < 1.0  # BN folded away
     assert metrics["latency_ms"] > 0
@@ -222,8 +229,9 @@ def test_grad_cam_has_gradients_through_fake_quant(converted: bool) -> None:
 
 
 def test_exported_int8_model_loads_with_plain_pytorch(tmp_path: Path) -> None:
-    view = evaluation_view(quantize_ptq(_model(), "static_int8", image_size=SIZE,
-                                        calibration=[_images(8)]))  # fmt: skip
+    view = evaluation_view(
+        quantize_ptq(_model(), "static_int8", image_size=SIZE, calibration=[_images(8)])
+    )
     path = export_model(view, SIZE, tmp_path / "model.pt2")
     loaded = load_exported(path)
     with torch.no_grad():
@@ -232,10 +240,16 @@ def test_exported_int8_model_loads_with_plain_pytorch(tmp_path: Path) -> None:
 
 def _setup(epochs: int) -> TrialSetup:
     return TrialSetup(
-        dataset="shapes", dataset_options={"image_size": SIZE}, num_classes=10,
-        arch="vgg11_bn", teacher_width=8, epochs=epochs, train_size=16, val_size=8,
+        dataset="shapes",
+        dataset_options={"image_size": SIZE},
+        num_classes=10,
+        arch="vgg11_bn",
+        teacher_width=8,
+        epochs=epochs,
+        train_size=16,
+        val_size=8,
         batch_size=8,
-    )  # fmt: skip
+    )
 
 
 def _teacher() -> nn.Module:
@@ -251,8 +265,18 @@ def test_qat_trainable_reports_int8_metrics_and_resumes() -> None:
     run_quantization(config, setup, teacher.state_dict(), report=reports)
     assert reports.epochs == [0, 1]
     final = reports.metrics[-1]
-    assert {"map", "attr_cos", "attr_l2", "loss", "params", "param_fraction", "model_bytes",
-            "flops", "latency_ms", "latency_ms_b32"} <= set(final)  # fmt: skip
+    assert {
+        "map",
+        "attr_cos",
+        "attr_l2",
+        "loss",
+        "params",
+        "param_fraction",
+        "model_bytes",
+        "flops",
+        "latency_ms",
+        "latency_ms_b32",
+    } <= set(final)
     assert "latency_ms_b32" not in reports.metrics[0]
     assert final["model_bytes"] < 0.3 * state_dict_bytes(teacher)
     model = reports.models[-1]
@@ -289,5 +313,6 @@ def test_ptq_trainable_measures_once_and_reports_every_epoch() -> None:
     assert resumed.epochs == [1]
     assert resumed.metrics[0]["map"] == last["map"]  # calibration is deterministic
     with pytest.raises(ValueError, match="matching: applies only to mode 'qat_int8'"):
-        run_quantization({"mode": "fp16", "matching": "swa"}, setup, teacher.state_dict(),
-                         report=Reports())  # fmt: skip
+        run_quantization(
+            {"mode": "fp16", "matching": "swa"}, setup, teacher.state_dict(), report=Reports()
+        )

@@ -83,13 +83,23 @@ def test_latency_is_measured_on_a_copy_and_leaves_the_model_as_it_was() -> None:
 def test_size_metrics_are_canonical_names() -> None:
     model = _tiny_vgg()
     metrics = size_metrics(
-        model, 32, reference_params=2 * count_params(model), sparse=True, large_batch=32,
+        model,
+        32,
+        reference_params=2 * count_params(model),
+        sparse=True,
+        large_batch=32,
         latency_repeats=2,
-    )  # fmt: skip
+    )
     assert set(metrics) == {
-        "params", "nonzero_params", "model_bytes", "flops", "latency_ms", "param_fraction",
-        "model_bytes_sparse", "latency_ms_b32",
-    }  # fmt: skip
+        "params",
+        "nonzero_params",
+        "model_bytes",
+        "flops",
+        "latency_ms",
+        "param_fraction",
+        "model_bytes_sparse",
+        "latency_ms_b32",
+    }
     assert set(metrics) <= set(METRICS)
     assert metrics["param_fraction"] == count_nonzero_params(model) / (2 * count_params(model))
     assert metrics["params"] == count_params(model)

@@ -86,9 +86,14 @@ def test_uniform_half_gives_the_architecture_of_half_the_width(arch: str) -> Non
 
 @pytest.mark.parametrize(
     ("arch", "scheme"),
-    [("vgg11_bn", "paper"), ("vgg16_bn", "global"), ("resnet18", "uniform"),
-     ("resnet18", "global"), ("resnet50", "uniform")],
-)  # fmt: skip
+    [
+        ("vgg11_bn", "paper"),
+        ("vgg16_bn", "global"),
+        ("resnet18", "uniform"),
+        ("resnet18", "global"),
+        ("resnet50", "uniform"),
+    ],
+)
 def test_pruned_model_computes_what_the_original_computes_with_those_channels_silenced(
     arch: str, scheme: Any
 ) -> None:
@@ -185,10 +190,17 @@ def test_matching_losses_train_a_pruned_student(arch: str, kind: Any) -> None:
 
 def _setup(epochs: int) -> TrialSetup:
     return TrialSetup(
-        dataset="shapes", dataset_options={"image_size": SIZE}, num_classes=10,
-        arch="vgg11_bn", teacher_width=8, epochs=epochs, train_size=16, val_size=8,
-        batch_size=8, extra={"scheme": "paper"},
-    )  # fmt: skip
+        dataset="shapes",
+        dataset_options={"image_size": SIZE},
+        num_classes=10,
+        arch="vgg11_bn",
+        teacher_width=8,
+        epochs=epochs,
+        train_size=16,
+        val_size=8,
+        batch_size=8,
+        extra={"scheme": "paper"},
+    )
 
 
 def test_trainable_reports_size_metrics_and_resumes_into_the_pruned_architecture() -> None:
@@ -199,8 +211,17 @@ def test_trainable_reports_size_metrics_and_resumes_into_the_pruned_architecture
     run_structured_pruning(config, setup, teacher.state_dict(), report=reports)
     assert reports.epochs == [0, 1]
     final = reports.metrics[-1]
-    assert {"map", "loss", "params", "nonzero_params", "model_bytes", "flops", "latency_ms",
-            "param_fraction", "latency_ms_b32"} <= set(final)  # fmt: skip
+    assert {
+        "map",
+        "loss",
+        "params",
+        "nonzero_params",
+        "model_bytes",
+        "flops",
+        "latency_ms",
+        "param_fraction",
+        "latency_ms_b32",
+    } <= set(final)
     assert "latency_ms_b32" not in reports.metrics[0]
     assert final["params"] == pytest.approx(
         final["param_fraction"] * count_params(teacher), rel=0.01

@@ -56,10 +56,12 @@ def dataset() -> ShapesDataset:
 
 
 def test_per_sample_table_turns_class_sets_into_index_lists() -> None:
-    table = per_sample_table({
-        "index": np.array([4, 5]),
-        "predicted": np.array([[True, False, True], [False, False, False]]),
-    })  # fmt: skip
+    table = per_sample_table(
+        {
+            "index": np.array([4, 5]),
+            "predicted": np.array([[True, False, True], [False, False, False]]),
+        }
+    )
     assert table.column("index").to_pylist() == [4, 5]
     assert table.column("predicted").to_pylist() == [[0, 2], []]
 
@@ -85,8 +87,12 @@ def test_overlay_maps_explain_the_teachers_top1_class(dataset, tmp_path: Path) -
     np.testing.assert_array_equal(back.images, maps.images)
     np.testing.assert_allclose(back.student, maps.student, atol=1e-3)  # stored as float16
     assert back.class_names == maps.class_names
-    png = draw_overlays(back, [("teacher", back.teacher), ("student", back.student)],
-                        tmp_path / "grid.png", title="t")  # fmt: skip
+    png = draw_overlays(
+        back,
+        [("teacher", back.teacher), ("student", back.student)],
+        tmp_path / "grid.png",
+        title="t",
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -103,9 +109,14 @@ def test_final_artifacts_hold_every_sample_and_further_metrics(dataset, tmp_path
     student, teacher = _model("vgg11_bn", 1), _model("resnet18", 2)
     loader = DataLoader(dataset, batch_size=5)
     metrics = write_final_artifacts(
-        student, teacher, loader, tmp_path, multi_label=True, attribution_methods=("ebp",),
+        student,
+        teacher,
+        loader,
+        tmp_path,
+        multi_label=True,
+        attribution_methods=("ebp",),
         overlay_images=4,
-    )  # fmt: skip
+    )
     reference = evaluate(student, loader, teacher=teacher, attribution_methods=("ebp",))
     assert metrics == {k: v for k, v in reference.metrics.items() if k.endswith("_ebp")}
     assert set(metrics) == {"attr_auc_ebp", "point_acc_ebp", "attr_cos_ebp", "attr_l2_ebp"}

@@ -97,12 +97,17 @@ def test_pruned_weights_stay_exactly_zero_while_fine_tuning() -> None:
     loader = DataLoader(ShapesDataset("train", size=16, image_size=SIZE), batch_size=8)
     # Momentum and weight decay would move the pruned weights off zero without the hook.
     train_student(
-        student, teacher, loader,
-        config=LoopConfig(epochs=2, optimization=Optimization(lr=0.05, weight_decay=0.01), beta=1.0),
-        matching=MatchingConfig(kind="swa"), evaluate=lambda m, t: {},
+        student,
+        teacher,
+        loader,
+        config=LoopConfig(
+            epochs=2, optimization=Optimization(lr=0.05, weight_decay=0.01), beta=1.0
+        ),
+        matching=MatchingConfig(kind="swa"),
+        evaluate=lambda m, t: {},
         report=lambda e, m, s: None,
         hooks=CompressionHooks(after_step=masks.apply),
-    )  # fmt: skip
+    )
     after = prunable_weights(student, include_linear=True)
     for name, mask in masks.masks.items():
         assert bool((after[name][~mask] == 0).all())
@@ -126,10 +131,17 @@ def test_parse_options_reports_every_problem() -> None:
 
 def _setup() -> TrialSetup:
     return TrialSetup(
-        dataset="shapes", dataset_options={"image_size": SIZE}, num_classes=10,
-        arch="vgg11_bn", teacher_width=8, epochs=4, train_size=16, val_size=8,
-        batch_size=8, extra={"steps": 2},
-    )  # fmt: skip
+        dataset="shapes",
+        dataset_options={"image_size": SIZE},
+        num_classes=10,
+        arch="vgg11_bn",
+        teacher_width=8,
+        epochs=4,
+        train_size=16,
+        val_size=8,
+        batch_size=8,
+        extra={"steps": 2},
+    )
 
 
 def test_trainable_reports_every_step_and_resumes_inside_and_between_steps() -> None:
@@ -145,8 +157,16 @@ def test_trainable_reports_every_step_and_resumes_inside_and_between_steps() -> 
     half, three_quarters = round(total * 0.5) / total, round(total * 0.75) / total
     assert [m["sparsity"] for m in reports.metrics] == [half, half, three_quarters, three_quarters]
     final = reports.metrics[-1]
-    assert {"nonzero_params", "model_bytes", "model_bytes_sparse", "flops", "latency_ms",
-            "param_fraction", "latency_ms_b32", "map"} <= set(final)  # fmt: skip
+    assert {
+        "nonzero_params",
+        "model_bytes",
+        "model_bytes_sparse",
+        "flops",
+        "latency_ms",
+        "param_fraction",
+        "latency_ms_b32",
+        "map",
+    } <= set(final)
     assert "latency_ms_b32" not in reports.metrics[1]
     assert final["nonzero_params"] < 0.4 * final["params"]
     assert final["param_fraction"] == final["nonzero_params"] / final["params"]

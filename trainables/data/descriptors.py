@@ -45,16 +45,22 @@ DATASETS: Final[dict[str, DatasetDescriptor]] = {
     d.name: d
     for d in (
         DatasetDescriptor(
-            "shapes", "trainables.data.shapes:ShapesDataset", generated=True,
-            root_required=False, default_image_size=64, sized=True,
+            "shapes",
+            "trainables.data.shapes:ShapesDataset",
+            generated=True,
+            root_required=False,
+            default_image_size=64,
+            sized=True,
         ),
         DatasetDescriptor("voc2012", "trainables.data.voc:VOCMultiLabel", eval_split="seg_val"),
         DatasetDescriptor(
-            "imagefolder", "trainables.data.imagefolder:ImageFolderData", multi_label=False,
+            "imagefolder",
+            "trainables.data.imagefolder:ImageFolderData",
+            multi_label=False,
             class_folders=True,
         ),
     )
-}  # fmt: skip
+}
 
 
 def dataset_descriptor(name: str) -> DatasetDescriptor:

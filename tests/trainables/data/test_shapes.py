@@ -220,9 +220,15 @@ def test_shapes_by_name_draw_those_shapes_in_label_order() -> None:
     areas = {"square": 1.44**2, "cross": 2 * 0.56 * 1.8 - 0.56**2, "triangle": 3**1.5 / 4}
     order = ("square", "cross", "triangle")
     ds = ShapesDataset(
-        "val", size=12, image_size=128, shapes=order, num_objects=(1, 1),
-        object_scale=(0.6, 0.8), num_strokes=(0, 0), num_distractors=(0, 0),
-    )  # fmt: skip
+        "val",
+        size=12,
+        image_size=128,
+        shapes=order,
+        num_objects=(1, 1),
+        object_scale=(0.6, 0.8),
+        num_strokes=(0, 0),
+        num_distractors=(0, 0),
+    )
     assert ds.classes == order
     assert ds.num_classes == 3
     for i in range(len(ds)):
