@@ -13,16 +13,21 @@ spec's style (``tracking_uri: must be reachable, got 'http://127.0.0.1:1' (...)`
   lists has its image, annotation (and mask) file; the first sample of each split decodes.
   Reading every image would take minutes on real VOC, so a corrupt image further on is only
   found when a trial reads it;
-- a teacher checkpoint holds exactly the teacher's parameters (names and shapes); that it is a
-  weights-only state dict at all is checked when the spec is validated (:mod:`study.spec`).
+- ``dataset.root`` is an existing folder, ``teacher.checkpoint`` an existing file holding a
+  state dict that ``torch.load(weights_only=True)`` reads (so one that carries code is refused
+  and never run) with exactly the teacher's parameters (names and shapes);
+- the generated data's option values (``context_prob: 2``), found by building it.
 
-It writes nothing and starts nothing: `apc run` calls it after the spec validates and before
-MLflow, Ray or the disk are touched.
+The last three (:func:`input_problems`) need no network: `apc validate` asks them too. It writes
+nothing and starts nothing: `apc run` calls :func:`preflight` after the spec validates
+(:func:`study.spec.parse_spec`, schema and values only) and before MLflow, Ray or the disk are
+touched.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import replace
@@ -33,7 +38,7 @@ from urllib.parse import urlsplit
 from study.spec import Spec
 from trainables.data.descriptors import dataset_descriptor
 
-__all__ = ["PROBE_TIMEOUT_S", "preflight", "tracking_problems"]
+__all__ = ["PROBE_TIMEOUT_S", "input_problems", "preflight", "tracking_problems"]
 
 #: Seconds a probe of the tracking server or the Ray cluster waits for an answer.
 PROBE_TIMEOUT_S: Final = 2.0
@@ -65,12 +70,93 @@ def preflight(spec: Spec, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
         *tracking_problems(spec.tracking_uri, timeout_s),
         *_ray_problems(spec.ray_address, timeout_s),
         *_storage_problems(spec.storage_path),
+        *input_problems(spec),
     ]
+    return list(dict.fromkeys(problems))
+
+
+def input_problems(spec: Spec) -> list[str]:
+    """Every problem of the files and data ``spec`` names, found without the network.
+
+    First whether the named paths exist, the checkpoint is a weights-only state dict and the
+    generated data's options hold; when they do, whether the data's splits open (and their
+    first samples decode) and the checkpoint fits the teacher.
+    """
+    problems = [*_path_problems(spec), *_generated_data_problems(spec)]
+    if problems:
+        return problems
     data_problems, num_classes = _data_problems(spec)
     problems.extend(data_problems)
     if spec.teacher.checkpoint is not None and num_classes is not None:
         problems.extend(_checkpoint_fit(spec, num_classes))
     return list(dict.fromkeys(problems))
+
+
+# -- the spec's paths -----------------------------------------------------------------------
+
+
+def _path_problems(spec: Spec) -> list[str]:
+    """``dataset.root`` names a folder, ``teacher.checkpoint`` a readable state dict."""
+    problems = []
+    for key, value, kind in (
+        ("dataset.root", spec.dataset.root, "folder"),
+        ("teacher.checkpoint", spec.teacher.checkpoint, "file"),
+    ):
+        if value is None:
+            continue
+        path = Path(value)
+        try:
+            found = path.is_dir() if kind == "folder" else path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system names nothing
+            found = False
+        shown = spec.given_paths.get(key, value)
+        if not found:
+            problems.append(f"{key}: must be an existing {kind}, got {shown!r} (no {kind} {path})")
+        elif key == "teacher.checkpoint":
+            problems.extend(_checkpoint_problems(path, shown))
+    return problems
+
+
+_CHECKPOINT_RULE: Final = (
+    "teacher.checkpoint: must be a PyTorch state dict (parameter names -> tensors) saved with "
+    "torch.save"
+)
+
+
+def _checkpoint_problems(file: Path, shown: str) -> list[str]:
+    """Why ``file`` is no state dict that ``torch.load(weights_only=True)`` reads.
+
+    The weights-only unpickler refuses every global other than tensors and plain containers
+    before calling it, so a checkpoint that carries code is refused and never run.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if code:
+            return [
+                f"{_CHECKPOINT_RULE}, got {shown!r} (it calls {code.group(1)}: a pickle that "
+                "may run code, refused by torch.load(weights_only=True) and not loaded)"
+            ]
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", text, re.S)
+        detail = " ".join((found.group(1) if found else text).split())
+        return [f"{_CHECKPOINT_RULE}, got {shown!r} (unreadable: {detail})"]
+    except Exception as error:  # zip, EOF, OS errors alike: the file cannot be read
+        detail = " ".join(str(error).split()) or "empty or truncated file"
+        return [f"{_CHECKPOINT_RULE}, got {shown!r} (unreadable: {detail})"]
+    if not isinstance(state, Mapping):
+        return [f"{_CHECKPOINT_RULE}, got {shown!r} (it holds a {type(state).__name__})"]
+    others = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if others or not state:
+        held = f"keys {', '.join(others[:4])}" if others else "nothing"
+        hint = "; save model.state_dict() alone" if others else ""
+        return [f"{_CHECKPOINT_RULE}, got {shown!r} (it holds a mapping with {held}{hint})"]
+    return []
 
 
 # -- services -------------------------------------------------------------------------------
@@ -186,13 +272,47 @@ def _storage_problems(storage_path: str) -> list[str]:
 # -- data -----------------------------------------------------------------------------------
 
 
+def _generated_data_problems(spec: Spec) -> list[str]:
+    """Value problems of the generated shapes data's options, found by building it.
+
+    Building a ``ShapesDataset`` checks every option and draws nothing, so a value it would
+    refuse mid-study (``context_prob: 2``, ``image_size: 16``) is reported before it starts.
+    Unknown option names are the spec's to report; they are skipped here.
+    """
+    dataset, teacher = spec.dataset, spec.teacher
+    descriptor = dataset_descriptor(dataset.name)
+    if not descriptor.generated:
+        return []  # not generated: its files are checked below
+    from trainables.data.registry import dataset_factory, dataset_options
+
+    accepted = set(dataset_options(dataset.name))
+    factory = dataset_factory(dataset.name)
+
+    def problem(path: str, options: Mapping[str, Any]) -> str | None:
+        known = {k: v for k, v in options.items() if k in accepted}
+        try:
+            factory(split=descriptor.eval_split, size=1, image_size=dataset.image_size, **known)
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            return f"{'dataset' if message.startswith('image_size') else path}.{message}"
+        return None
+
+    found = [problem("dataset.options", dataset.options)]
+    if teacher.dataset_options:
+        found.append(problem("teacher.dataset_options", teacher.dataset_options))
+        if not any(found):  # each valid alone; the teacher's over the study's may still clash
+            merged = {**dataset.options, **teacher.dataset_options}
+            found.append(problem("teacher.dataset_options", merged))
+    return [p for p in dict.fromkeys(found) if p is not None]
+
+
 def _data_problems(spec: Spec) -> tuple[list[str], int | None]:
     """Problems of the splits the study reads, and its number of classes (None if unknown)."""
     from study.plan import teacher_dataset_options, trial_setup
     from trainables.trial import build_split
 
     setup = trial_setup(spec, num_classes=1)
-    if dataset_descriptor(spec.dataset.name).generated:  # its options: checked with the spec
+    if dataset_descriptor(spec.dataset.name).generated:  # its options: checked before
         try:
             return [], build_split(setup, setup.eval_split, 1).num_classes
         except (TypeError, ValueError):

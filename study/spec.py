@@ -11,10 +11,14 @@ is a spec over 1 MiB or one that its aliases expand past bounds
 (``MAX_*``, ``SEED_LIMIT``); a search space may name only parameters its method's trainable
 reads, within the values it accepts (``drop_p`` in [0, 1), ``prune_rate`` in (0, 1)...), as
 may enqueued settings; paths follow one rule (:data:`PATH_RULE`: from the spec's folder, ``~``
-expanded) and are kept absolute; a checkpoint must be a state dict that
-``torch.load(weights_only=True)`` reads, so one that carries code is refused unrun. What needs
-the world (the tracking store, Ray, the data set's files, the checkpoint against the teacher's
-shapes) is checked by :mod:`study.preflight`.
+expanded) and are kept absolute.
+
+:func:`parse_spec` checks the schema and the values only: it reads the spec's own text and the
+search-space file the spec names (part of that text, as an include), and nothing else. It opens
+no data set, loads no checkpoint, asks no service and does not ask whether a path exists. All
+of that is :mod:`study.preflight`'s: :func:`study.preflight.input_problems` for the files a
+spec names (`apc validate` asks it too), :func:`study.preflight.preflight` for those and the
+services.
 """
 
 from __future__ import annotations
@@ -249,6 +253,9 @@ class Spec:
     tracking_uri: str = "sqlite:///mlflow.db"
     storage_path: str = "apc_results"
     ray_address: str | None = None
+    #: ``dataset.root`` and ``teacher.checkpoint`` as the spec wrote them (key -> text), which
+    #: preflight's messages quote; the fields above hold them absolute.
+    given_paths: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 # -- checks: each returns None when the value is fine, else the rule ("must be ...") ----------
@@ -362,25 +369,14 @@ class _Section:
         return value
 
 
-def _existing(
-    key: str, value: str, base_dir: Path, problems: list[str], *, folder: bool
-) -> Path | None:
-    """The existing file (or folder) ``value`` names by :data:`PATH_RULE`, made absolute;
-    None with the problem reported when there is none."""
-    kind = "folder" if folder else "file"
+def _resolved(key: str, value: str, base_dir: Path, problems: list[str], *, kind: str) -> str:
+    """``value`` made absolute by :data:`PATH_RULE` (whether it exists is preflight's to
+    ask); ``value`` as given, with the problem reported, when it names no path at all."""
     try:
-        path = resolve_path(value, base_dir=base_dir)
+        return str(resolve_path(value, base_dir=base_dir))
     except ValueError as error:
         problems.append(f"{key}: must be an existing {kind}, got {value!r} ({error})")
-        return None
-    try:
-        found = path.is_dir() if folder else path.is_file()
-    except (OSError, ValueError):  # a name too long for the file system names nothing
-        found = False
-    if not found:
-        problems.append(f"{key}: must be an existing {kind}, got {value!r} (no {kind} {path})")
-        return None
-    return path
+        return value
 
 
 def _output_path(key: str, value: str, base_dir: Path, problems: list[str]) -> str:
@@ -405,48 +401,6 @@ def _output_path(key: str, value: str, base_dir: Path, problems: list[str]) -> s
     if key == "tracking_uri":
         return f"sqlite:///{absolute}{query_sep}{query}"
     return absolute
-
-
-_CHECKPOINT_RULE = (
-    "teacher.checkpoint: must be a PyTorch state dict (parameter names -> tensors) saved with "
-    "torch.save"
-)
-
-
-def _checkpoint_problem(file: Path, shown: str) -> str | None:
-    """Why ``file`` is no state dict that ``torch.load(weights_only=True)`` reads, or None.
-
-    The weights-only unpickler refuses every global other than tensors and plain containers
-    before calling it, so a checkpoint that carries code is refused and never run.
-    """
-    import pickle
-
-    import torch
-
-    try:
-        state = torch.load(file, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if code:
-            return (
-                f"{_CHECKPOINT_RULE}, got {shown!r} (it calls {code.group(1)}: a pickle that "
-                "may run code, refused by torch.load(weights_only=True) and not loaded)"
-            )
-        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", text, re.S)
-        detail = " ".join((found.group(1) if found else text).split())
-        return f"{_CHECKPOINT_RULE}, got {shown!r} (unreadable: {detail})"
-    except Exception as error:  # zip, EOF, OS errors alike: the file cannot be read
-        detail = " ".join(str(error).split()) or "empty or truncated file"
-        return f"{_CHECKPOINT_RULE}, got {shown!r} (unreadable: {detail})"
-    if not isinstance(state, Mapping):
-        return f"{_CHECKPOINT_RULE}, got {shown!r} (it holds a {type(state).__name__})"
-    others = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if others or not state:
-        held = f"keys {', '.join(others[:4])}" if others else "nothing"
-        hint = "; save model.state_dict() alone" if others else ""
-        return f"{_CHECKPOINT_RULE}, got {shown!r} (it holds a mapping with {held}{hint})"
-    return None
 
 
 _TOP_KEYS = (
@@ -486,9 +440,8 @@ def _dataset(data: object, problems: list[str], base_dir: Path) -> DatasetSpec:
         kind = " (generated)" if descriptor.generated else ""
         problems.append(f"dataset.root: does not apply to {name}{kind}, got {root!r}")
     if root is not None and descriptor.root_required:
-        folder = _existing("dataset.root", root, base_dir, problems, folder=True)
-        if folder is not None:
-            root = str(folder)  # what the study opens, from any working directory
+        # What the study opens, from any working folder; that it exists: preflight's.
+        root = _resolved("dataset.root", root, base_dir, problems, kind="folder")
     train_size = s.get("train_size", None, _optional(_integer(1, MAX_DATASET_SIZE)))
     val_size = s.get("val_size", None, _optional(_integer(1, MAX_DATASET_SIZE)))
     if not descriptor.sized:
@@ -518,42 +471,6 @@ def _dataset_options(
     return dict(options)
 
 
-def _generated_data_problems(dataset: DatasetSpec, teacher: TeacherSpec) -> list[str]:
-    """Value problems of the generated shapes data's options, found by building it.
-
-    Building a ``ShapesDataset`` checks every option and draws nothing, so a value it would
-    refuse mid-study (``context_prob: 2``, ``image_size: 16``) is reported here instead.
-    Unknown option names are reported apart (``_dataset_options``) and skipped here.
-    """
-    size = dataset.image_size
-    descriptor = DATASETS.get(dataset.name)
-    if descriptor is None or not descriptor.generated:
-        return []  # not generated: its files are checked by preflight
-    if isinstance(size, bool) or not isinstance(size, int) or size < 7:
-        return []  # the size is already reported
-    from trainables.data.registry import dataset_factory, dataset_options
-
-    accepted = set(dataset_options(dataset.name))
-    factory = dataset_factory(dataset.name)
-
-    def problem(path: str, options: Mapping[str, Any]) -> str | None:
-        known = {k: v for k, v in options.items() if k in accepted}
-        try:
-            factory(split=descriptor.eval_split, size=1, image_size=dataset.image_size, **known)
-        except (TypeError, ValueError) as error:
-            message = str(error)
-            return f"{'dataset' if message.startswith('image_size') else path}.{message}"
-        return None
-
-    found = [problem("dataset.options", dataset.options)]
-    if teacher.dataset_options:
-        found.append(problem("teacher.dataset_options", teacher.dataset_options))
-        if not any(found):  # each valid alone; the teacher's over the study's may still clash
-            merged = {**dataset.options, **teacher.dataset_options}
-            found.append(problem("teacher.dataset_options", merged))
-    return [p for p in dict.fromkeys(found) if p is not None]
-
-
 def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) -> TeacherSpec:
     from trainables.models import ARCHITECTURES, WIDTH_DIVISORS
 
@@ -561,13 +478,8 @@ def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) ->
     s = _Section(data, "teacher", problems, keys)
     default = TeacherSpec()
     checkpoint = s.get("checkpoint", None, _optional(_string))
-    if checkpoint is not None:
-        file = _existing("teacher.checkpoint", checkpoint, base_dir, problems, folder=False)
-        if file is not None:
-            unreadable = _checkpoint_problem(file, checkpoint)
-            if unreadable:
-                problems.append(unreadable)
-            checkpoint = str(file)
+    if checkpoint is not None:  # that it exists and what it holds: preflight's
+        checkpoint = _resolved("teacher.checkpoint", checkpoint, base_dir, problems, kind="file")
     if checkpoint is not None and "epochs" in s.data:
         problems.append("teacher: give either checkpoint or epochs, got both")
     width = s.get("width", default.width, _choice(WIDTH_DIVISORS))
@@ -788,8 +700,19 @@ def _output_setting(s: _Section, key: str, default: str, base_dir: Path) -> str:
     return default if value is None else _output_path(key, value, base_dir, s.problems)
 
 
+def _given_paths(data: Mapping[str, Any]) -> dict[str, str]:
+    given = {}
+    for key in ("dataset.root", "teacher.checkpoint"):
+        section, _, leaf = key.partition(".")
+        value = data.get(section)
+        if isinstance(value, Mapping) and isinstance(value.get(leaf), str):
+            given[key] = value[leaf]
+    return given
+
+
 def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
-    """Validate a spec mapping; raises :class:`SpecError` listing every problem."""
+    """Validate a spec mapping's schema and values; raises :class:`SpecError` listing every
+    problem. Pure but for reading the search-space file it names (see the module's text)."""
     base = base_dir or Path.cwd()
     problems: list[str] = []
     if not isinstance(data, Mapping):
@@ -829,7 +752,6 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         )
     dataset = _dataset(data.get("dataset"), problems, base)
     teacher = _teacher(data.get("teacher"), problems, base, dataset.name)
-    problems.extend(_generated_data_problems(dataset, teacher))
     if not space_problems and data.get("method", method) == method:
         problems.extend(_space_problems(space, method, teacher.width))
         problems.extend(_enqueue_domain_problems(enqueue, teacher.width, problems))
@@ -854,6 +776,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         tracking_uri=_output_setting(s, "tracking_uri", "sqlite:///mlflow.db", base),
         storage_path=_output_setting(s, "storage_path", "apc_results", base),
         ray_address=s.get("ray_address", None, _optional(_string)),
+        given_paths=_given_paths(data),
     )
     method_options = s.get(
         "method_options", {}, lambda v: None if isinstance(v, Mapping) else "must be a mapping"

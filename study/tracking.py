@@ -151,6 +151,7 @@ class StudyTracker:
         _ACTIVE[self.parent_run_id] = self
         spec_fields = asdict(spec)
         spec_fields.pop("search_space")
+        spec_fields.pop("given_paths")  # the same paths as typed: spec.yaml holds them
         for key, value in flatten_params(spec_fields).items():
             self.client.log_param(self.parent_run_id, key[:250], value[:6000])
         self.client.log_text(self.parent_run_id, spec_text, SPEC_FILE)

@@ -1,4 +1,8 @@
-"""``apc validate SPEC``: every problem of a study spec at once, or what it would run."""
+"""``apc validate SPEC``: every problem of a study spec at once, or what it would run.
+
+It checks the spec and the files it names (data set, checkpoint), never the services (the
+tracking store, Ray): that is `apc run`'s preflight.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,16 @@ if TYPE_CHECKING:
 
 
 def validate(args: argparse.Namespace) -> int:
+    from study.preflight import input_problems
     from study.spec import SpecError, load_spec
 
     try:
         spec = load_spec(args.spec)
+        problems = input_problems(spec)  # the files it names; services are `apc run`'s to ask
     except SpecError as error:
-        for problem in error.problems:
+        problems = error.problems
+    if problems:
+        for problem in problems:
             print(f"{args.spec}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     print(

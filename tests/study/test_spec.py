@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from study.cli import main
+from study.preflight import input_problems
+from study.presets import preset_paths
 from study.spec import Spec, SpecError, load_spec, parse_spec
 
 PRESET = Path(__file__).parents[2] / "study" / "presets" / "demo.yaml"
@@ -50,9 +52,14 @@ def test_defaults_for_a_minimal_spec() -> None:
 
 
 def _problems(data: object) -> list[str]:
-    with pytest.raises(SpecError) as caught:
-        parse_spec(data)
-    return caught.value.problems
+    """What `apc validate` reports: the spec's problems, else those of the files it names."""
+    try:
+        spec = parse_spec(data)
+    except SpecError as error:
+        return error.problems
+    problems = input_problems(spec)
+    assert problems, f"{data!r} is valid"
+    return problems
 
 
 @pytest.mark.parametrize(
@@ -381,9 +388,11 @@ def test_dataset_root_and_checkpoint_follow_the_rule(folders: Path, form: str) -
     expected = tmp / "home" / "data" if form.startswith("~") else folders / "data"
     assert spec.dataset.root == str(expected)
     (folders / "sub" / "t.pt").write_bytes(b"")
-    with pytest.raises(SpecError) as caught:  # an empty file: a checkpoint found, then read
+    # an empty file: a checkpoint found, then read
+    problems = input_problems(
         load_spec(_spec_file(folders, {"name": "s", "teacher": {"checkpoint": "sub/t.pt"}}))
-    assert caught.value.problems[0].endswith("got 'sub/t.pt' (unreadable: empty or truncated file)")
+    )
+    assert problems[0].endswith("got 'sub/t.pt' (unreadable: empty or truncated file)")
 
 
 def test_storage_and_an_sqlite_tracking_uri_are_taken_from_the_spec_folder(folders: Path) -> None:
@@ -620,3 +629,42 @@ def test_every_new_problem_is_reported_at_once(tmp_path: Path) -> None:
         "training.batch_size",
         "training.lr",
     ]
+
+
+def test_parse_spec_asks_nothing_of_the_world(tmp_path: Path) -> None:
+    """Schema and values only: paths are resolved, not opened; a checkpoint is not loaded
+    (an unreadable one is valid here) and a data set is not built (its option values are
+    preflight's to check)."""
+    (tmp_path / "t.pt").write_bytes(b"not a checkpoint")
+    spec = parse_spec(
+        {
+            "name": "s",
+            "teacher": {"checkpoint": "t.pt"},
+            "dataset": {"options": {"context_prob": 2}},
+        },
+        base_dir=tmp_path,
+    )
+    assert spec.teacher.checkpoint == str(tmp_path / "t.pt")
+    assert spec.given_paths == {"teacher.checkpoint": "t.pt"}
+    voc = parse_spec(
+        {"name": "s", "dataset": {"name": "voc2012", "root": "~/nowhere"}}, base_dir=tmp_path
+    )
+    assert voc.dataset.root == str(Path("~/nowhere").expanduser())
+    assert [p.partition(",")[0] for p in input_problems(spec)] == [
+        "teacher.checkpoint: must be a PyTorch state dict (parameter names -> tensors) saved "
+        "with torch.save",
+        "dataset.options.context_prob: must be a number in [0.0",
+    ]
+    assert input_problems(voc) == [
+        f"dataset.root: must be an existing folder, got '~/nowhere' (no folder "
+        f"{Path('~/nowhere').expanduser()})"
+    ]
+
+
+@pytest.mark.parametrize("preset", preset_paths(), ids=lambda p: p.stem)
+def test_presets_write_into_the_working_folder(preset: Path) -> None:
+    """A preset's store and results are where `apc run` runs and `apc pareto` / `apc ui`
+    look, never inside the installed package (a relative path in the spec would be taken from
+    the preset's own folder)."""
+    spec = load_spec(preset)
+    assert (spec.tracking_uri, spec.storage_path) == ("sqlite:///mlflow.db", "apc_results")
