@@ -121,7 +121,8 @@ class MethodDescriptor:
         options: ``"module:function"`` parsing its ``method_options``,
             ``parse(options, *, epochs) -> (options object, problems)``; None: it takes none.
         search_space: its default (built-in) search space's name; None: a spec must give one.
-        preset: the file name of its shipped spec in ``study/presets``, or None.
+        presets: the file names of its shipped specs in ``study/presets`` (the shapes one
+            first, then the paper's setting on VOC 2012).
         metrics: the metrics it reports beyond every method's (``trainables.metric_names``).
     """
 
@@ -131,7 +132,7 @@ class MethodDescriptor:
     required: tuple[str, ...] = ()
     options: str | None = None
     search_space: str | None = None
-    preset: str | None = None
+    presets: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -154,7 +155,7 @@ BUILTIN_METHODS: Final[tuple[MethodDescriptor, ...]] = (
         trainable="trainables.distillation:distillation_trainable",
         parameters=_domains("matching", "beta", "drop_p", "student_width"),
         search_space="distillation",
-        preset="demo.yaml",
+        presets=("demo.yaml", "paper_kd.yaml"),
     ),
     MethodDescriptor(
         name="structured_pruning",
@@ -163,7 +164,7 @@ BUILTIN_METHODS: Final[tuple[MethodDescriptor, ...]] = (
         required=("prune_rate",),
         options="trainables.structured_pruning:parse_options",
         search_space="structured_pruning",
-        preset="structured_pruning.yaml",
+        presets=("structured_pruning.yaml", "paper_structured_pruning.yaml"),
     ),
     MethodDescriptor(
         name="unstructured_pruning",
@@ -172,7 +173,7 @@ BUILTIN_METHODS: Final[tuple[MethodDescriptor, ...]] = (
         required=("prune_rate",),
         options="trainables.unstructured_pruning:parse_options",
         search_space="unstructured_pruning",
-        preset="unstructured_pruning.yaml",
+        presets=("unstructured_pruning.yaml", "paper_unstructured_pruning.yaml"),
         metrics=("sparsity", "model_bytes_sparse"),
     ),
     MethodDescriptor(
@@ -181,6 +182,6 @@ BUILTIN_METHODS: Final[tuple[MethodDescriptor, ...]] = (
         parameters=_domains("mode", "matching", "beta", "drop_p", "calibration_size", "observer"),
         required=("mode",),
         search_space="quantization",
-        preset="quantization.yaml",
+        presets=("quantization.yaml",),
     ),
 )

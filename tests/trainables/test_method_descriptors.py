@@ -118,10 +118,13 @@ def test_every_presets_method_has_a_descriptor_and_every_named_preset_exists() -
     for path in preset_paths():
         method = yaml.safe_load(path.read_text()).get("method", "distillation")
         assert method in METHODS, path
+    named = set()
     for descriptor in METHODS.values():
-        if descriptor.preset is not None:
-            preset = yaml.safe_load((PRESETS_DIR / descriptor.preset).read_text())
+        for file in descriptor.presets:
+            preset = yaml.safe_load((PRESETS_DIR / file).read_text())
             assert preset.get("method", "distillation") == descriptor.name
+            named.add(file)
+    assert named == {path.name for path in preset_paths()}  # every shipped preset is named
 
 
 def test_every_descriptors_domains_are_built_and_metrics_are_known() -> None:
