@@ -93,6 +93,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.early_stopping
 	$(BIN)/python -m bench.pruned_latency
 	$(BIN)/python -m bench.quantized_latency
+	$(BIN)/python -m bench.jpeg_decode
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -14,6 +14,7 @@ from typing import Any
 
 from study.spec import Spec
 from trainables.data.descriptors import dataset_descriptor
+from trainables.precision import auto_num_workers
 from trainables.trial import TrialSetup, build_split
 
 __all__ = ["StudyPlan", "plan_study", "teacher_dataset_options", "trial_setup"]
@@ -31,7 +32,8 @@ class StudyPlan:
 
 
 def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> TrialSetup:
-    """The study-wide part of every trial's configuration, from the spec."""
+    """The study-wide part of every trial's configuration, from the spec (``num_workers:
+    auto`` sized here, from ``resources_per_trial.cpu``)."""
     options: dict[str, Any] = {"image_size": spec.dataset.image_size, **spec.dataset.options}
     if spec.dataset.root is not None:
         options["root"] = spec.dataset.root
@@ -49,13 +51,19 @@ def trial_setup(spec: Spec, *, num_classes: int, epochs: int | None = None) -> T
         batch_size=spec.training.batch_size,
         optimization=spec.training.optimization,
         seed=spec.seed,
-        num_workers=spec.training.num_workers,
+        num_workers=(
+            auto_num_workers(spec.resources_per_trial.cpu)
+            if spec.training.num_workers == "auto"
+            else spec.training.num_workers
+        ),
         threads=max(1, int(spec.resources_per_trial.cpu)),
         multi_label=data.multi_label,
         headline=tuple(spec.objectives),
         extra=dict(spec.method_options),
         attribution_methods=spec.evaluation.attribution_methods,
         overlay_images=spec.evaluation.overlay_images,
+        accelerator=spec.training.accelerator,
+        evaluation_protocol=spec.evaluation.protocol,
     )
 
 

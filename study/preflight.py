@@ -16,12 +16,20 @@ spec's style (``tracking_uri: must be reachable, got 'http://127.0.0.1:1' (...)`
 - ``dataset.root`` is an existing folder, ``teacher.checkpoint`` an existing file holding a
   state dict that ``torch.load(weights_only=True)`` reads (so one that carries code is refused
   and never run) with exactly the teacher's parameters (names and shapes);
-- the generated data's option values (``context_prob: 2``), found by building it.
+- the generated data's option values (``context_prob: 2``), found by building it;
+- ``teacher.pretrained``: torchvision's ImageNet weights are in the torch hub cache
+  (:func:`trainables.models.imagenet_weights_file`), or their download host answers.
 
-The last three (:func:`input_problems`) need no network: `apc validate` asks them too. It writes
-nothing and starts nothing: `apc run` calls :func:`preflight` after the spec validates
-(:func:`study.spec.parse_spec`, schema and values only) and before MLflow, Ray or the disk are
-touched.
+The last four (:func:`input_problems`) are the files the spec names, and `apc validate` asks
+them too. They need no network but in one case: pretrained weights the cache lacks, where one
+probe of the download host (at most ``PROBE_TIMEOUT_S``) tells a run that will download them
+from one that would fail in the teacher stage, after its MLflow runs were written. It is in
+:func:`input_problems` rather than :func:`preflight` alone because the weights are a file the
+spec needs, like a checkpoint, and `apc validate` should answer for them; a spec without
+``pretrained: true``, or with the file in place, is never delayed. Nothing else of the file is
+checked here: loading it checks its SHA-256. It writes nothing and starts nothing: `apc run`
+calls :func:`preflight` after the spec validates (:func:`study.spec.parse_spec`, schema and
+values only) and before MLflow, Ray or the disk are touched.
 """
 
 from __future__ import annotations
@@ -38,10 +46,13 @@ from urllib.parse import urlsplit
 from study.spec import Spec
 from trainables.data.descriptors import dataset_descriptor
 
-__all__ = ["PROBE_TIMEOUT_S", "input_problems", "preflight", "tracking_problems"]
+__all__ = ["PROBE_TIMEOUT_S", "WEIGHTS_HOST", "input_problems", "preflight", "tracking_problems"]
 
-#: Seconds a probe of the tracking server or the Ray cluster waits for an answer.
+#: Seconds a probe of the tracking server, the Ray cluster or the weights' host waits.
 PROBE_TIMEOUT_S: Final = 2.0
+#: Host and port torchvision's ImageNet weights download from (every weights url names it),
+#: probed when ``teacher.pretrained`` needs a file the torch hub cache lacks.
+WEIGHTS_HOST: Final[tuple[str, int]] = ("download.pytorch.org", 443)
 #: Ports of tracking URI schemes that name a server, when the URI gives none.
 _SERVER_PORTS: Final[dict[str, int]] = {
     "http": 80,
@@ -70,25 +81,27 @@ def preflight(spec: Spec, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
         *tracking_problems(spec.tracking_uri, timeout_s),
         *_ray_problems(spec.ray_address, timeout_s),
         *_storage_problems(spec.storage_path),
-        *input_problems(spec),
+        *input_problems(spec, timeout_s=timeout_s),
     ]
     return list(dict.fromkeys(problems))
 
 
-def input_problems(spec: Spec) -> list[str]:
-    """Every problem of the files and data ``spec`` names, found without the network.
+def input_problems(spec: Spec, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
+    """Every problem of the files and data ``spec`` names.
 
     First whether the named paths exist, the checkpoint is a weights-only state dict and the
     generated data's options hold; when they do, whether the data's splits open (and their
-    first samples decode) and the checkpoint fits the teacher.
+    first samples decode) and the checkpoint fits the teacher. Last, for ``teacher.pretrained``,
+    whether the ImageNet weights are cached or can be downloaded: the one network question,
+    asked only when the file is missing (one probe of ``timeout_s``, see the module's doc).
     """
     problems = [*_path_problems(spec), *_generated_data_problems(spec)]
-    if problems:
-        return problems
-    data_problems, num_classes = _data_problems(spec)
-    problems.extend(data_problems)
-    if spec.teacher.checkpoint is not None and num_classes is not None:
-        problems.extend(_checkpoint_fit(spec, num_classes))
+    if not problems:  # the data and the checkpoint's fit are asked of sound paths only
+        data_problems, num_classes = _data_problems(spec)
+        problems.extend(data_problems)
+        if spec.teacher.checkpoint is not None and num_classes is not None:
+            problems.extend(_checkpoint_fit(spec, num_classes))
+    problems.extend(_pretrained_problems(spec, timeout_s))
     return list(dict.fromkeys(problems))
 
 
@@ -465,3 +478,43 @@ def _checkpoint_fit(spec: Spec, num_classes: int) -> list[str]:
         f"teacher.width {spec.teacher.width} with {num_classes} classes, got {checkpoint!r} "
         f"({'; '.join(details)})"
     ]
+
+
+def _pretrained_problems(spec: Spec, timeout_s: float) -> list[str]:
+    """Whether ``teacher.pretrained``'s ImageNet weights are cached or their host answers."""
+    if not spec.teacher.pretrained or spec.teacher.checkpoint is not None:
+        # A checkpoint replaces the ImageNet weights: the teacher stage never reads them then.
+        return []
+    from trainables.models import imagenet_weights_file
+
+    weights = imagenet_weights_file(spec.teacher.arch)
+    if weights.path.is_file():
+        return []  # loading it checks its SHA-256 against its name
+    host, port, via = _download_route(*WEIGHTS_HOST)
+    reason = _probe(host, port, timeout_s)
+    if reason is None:
+        return []  # the teacher stage downloads it
+    return [
+        f"teacher.pretrained: needs torchvision's ImageNet weights for {spec.teacher.arch}, got "
+        f"no file {weights.path} (offline: {via}{reason}; {weights.offline_hint})"
+    ]
+
+
+def _download_route(host: str, port: int) -> tuple[str, int, str]:
+    """Where a download from ``host`` connects first, and ``"proxy "`` when that is a proxy.
+
+    torch.hub downloads through urllib, which goes through ``https_proxy`` (unless
+    ``no_proxy`` names the host); probing the host itself there would call a proxied
+    cluster offline.
+    """
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return host, port, ""
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        proxy_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a proxy port that is no number: nothing better to ask than the host
+        return host, port, ""
+    return parts.hostname or host, proxy_port, "proxy "

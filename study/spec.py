@@ -59,6 +59,7 @@ from trainables.metric_names import (
     method_metric,
     valid_metrics_text,
 )
+from trainables.precision import PRECISIONS, AcceleratorOptions
 from trainables.registry import METHODS as REGISTERED_METHODS
 from trainables.registry import check_method_options, trainable_names
 
@@ -191,11 +192,17 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """``training:``: batch size, loader workers and the optimiser/KD settings (flat in YAML)."""
+    """``training:``: batch size, loader workers, the optimiser/KD settings and the precision
+    and memory layout on the trial's device (the last two flat in YAML).
+
+    ``num_workers``: loader processes per trial, or ``auto`` (from the trial's CPUs,
+    :func:`trainables.precision.auto_num_workers`).
+    """
 
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | Literal["auto"] = 0
     optimization: Optimization = field(default_factory=Optimization)
+    accelerator: AcceleratorOptions = field(default_factory=AcceleratorOptions)
 
 
 @dataclass(frozen=True)
@@ -219,11 +226,14 @@ class EvaluationSpec:
 
     ``attribution_methods``: further attribution methods whose metrics (``attr_auc_lrp``...)
     the teacher and each trial's last epoch measure; ``overlay_images``: evaluation images in
-    each trial's teacher-vs-student overlay (0: none).
+    each trial's teacher-vs-student overlay (0: none); ``protocol``: ``apc`` or ``official``
+    (:mod:`trainables.evaluation_protocol`: whether difficult objects count, and where
+    Grad-CAM is taken).
     """
 
     attribution_methods: tuple[str, ...] = ()
     overlay_images: int = 8
+    protocol: str = "apc"
 
 
 @dataclass(frozen=True)
@@ -499,15 +509,23 @@ def _teacher(data: object, problems: list[str], base_dir: Path, dataset: str) ->
     )
 
 
+def _workers(value: Any) -> str | None:
+    """``num_workers``: a count, or ``auto`` (sized from the trial's CPUs by the plan)."""
+    rule = f"must be an integer in [0, {MAX_NUM_WORKERS}] or 'auto'"
+    return None if value == "auto" or _integer(0, MAX_NUM_WORKERS)(value) is None else rule
+
+
 def _training(data: object, problems: list[str]) -> TrainingSpec:
-    keys = ("batch_size", "num_workers", *Optimization.__dataclass_fields__)
+    accelerator_keys = tuple(AcceleratorOptions.__dataclass_fields__)
+    keys = ("batch_size", "num_workers", *Optimization.__dataclass_fields__, *accelerator_keys)
     s = _Section(data, "training", problems, keys)
     d = TrainingSpec()
     o = d.optimization
+    a = d.accelerator
     positive = _number(0, math.inf, low_open=True)
     return TrainingSpec(
         batch_size=s.get("batch_size", d.batch_size, _integer(1, MAX_BATCH_SIZE)),
-        num_workers=s.get("num_workers", d.num_workers, _integer(0, MAX_NUM_WORKERS)),
+        num_workers=s.get("num_workers", d.num_workers, _workers),
         optimization=Optimization(
             optimizer=s.get("optimizer", o.optimizer, _choice(("sgd", "adamw"))),
             lr=s.get("lr", o.lr, positive),
@@ -515,6 +533,10 @@ def _training(data: object, problems: list[str]) -> TrainingSpec:
             weight_decay=s.get("weight_decay", o.weight_decay, _number(0, math.inf)),
             kd_temperature=s.get("kd_temperature", o.kd_temperature, positive),
             kd_alpha=s.get("kd_alpha", o.kd_alpha, _number(0, 1)),
+        ),
+        accelerator=AcceleratorOptions(
+            precision=s.get("precision", a.precision, _choice(PRECISIONS)),
+            channels_last=s.get("channels_last", a.channels_last, _boolean),
         ),
     )
 
@@ -543,7 +565,10 @@ def _scheduler(data: object, problems: list[str]) -> SchedulerSpec | None:
 
 
 def _evaluation(data: object, problems: list[str]) -> EvaluationSpec:
-    s = _Section(data, "evaluation", problems, ("attribution_methods", "overlay_images"))
+    from trainables.evaluation_protocol import EVALUATION_PROTOCOLS
+
+    keys = ("attribution_methods", "overlay_images", "protocol")
+    s = _Section(data, "evaluation", problems, keys)
     further = ATTRIBUTION_METHOD_NAMES[1:]
 
     def methods(value: Any) -> str | None:
@@ -559,7 +584,20 @@ def _evaluation(data: object, problems: list[str]) -> EvaluationSpec:
     return EvaluationSpec(
         attribution_methods=tuple(dict.fromkeys(chosen)),
         overlay_images=s.get("overlay_images", d.overlay_images, _integer(0, MAX_OVERLAY_IMAGES)),
+        protocol=s.get("protocol", d.protocol, _choice(tuple(EVALUATION_PROTOCOLS))),
     )
+
+
+def _protocol_problems(evaluation: EvaluationSpec, method: str) -> list[str]:
+    """``official`` takes Grad-CAM before pool5, which a quantized network does not have: it
+    exists only as two parts split at the matched layer (:class:`trainables.models.SplitModel`)."""
+    if evaluation.protocol == "official" and method == "quantization":
+        return [
+            "evaluation.protocol: must be 'apc' for method quantization (an int8 network "
+            "exists only split at its matched layer, so Grad-CAM cannot be taken before "
+            f"pool5), got {evaluation.protocol!r}"
+        ]
+    return []
 
 
 def _method_metric_problems(
@@ -789,6 +827,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         )
     spec = replace(spec, method_options=dict(method_options))
     problems.extend(_method_metric_problems(spec.evaluation, spec.objectives, spec.scheduler))
+    problems.extend(_protocol_problems(spec.evaluation, spec.method))
     if problems:
         raise SpecError(problems)
     return spec

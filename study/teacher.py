@@ -4,6 +4,11 @@ The cache key hashes everything that determines the teacher: data set and its op
 architecture and width, the epochs and optimiser settings, the seed and the code version. A
 second study with the same teacher settings loads the cached weights instead of retraining.
 Checkpoints are read with ``torch.load(weights_only=True)``: a state dict, never a pickle.
+
+The teacher trains and is evaluated on the driver's device (its GPU when it has one,
+:func:`trainables.precision.training_device`) at the study's precision, like the trials; a
+teacher trained at bf16 or fp16 has a key of its own, while an fp32 teacher's key is what it
+was before precision was a setting, so teachers cached then are still found.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from trainables import __version__
 from trainables.loop import LoopConfig, Optimization, TrainState, train_student
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
+from trainables.precision import Accelerator, ResolvedPrecision, training_device
 from trainables.size import count_params
 from trainables.trial import make_evaluator, make_loaders
 
@@ -52,11 +58,12 @@ def teacher_optimization(spec: Spec) -> Optimization:
     return replace(spec.training.optimization, lr=spec.teacher.lr)
 
 
-def teacher_key(spec: Spec) -> str:
+def teacher_key(spec: Spec, *, precision: ResolvedPrecision = "fp32") -> str:
     """Content hash of everything that determines the trained teacher.
 
     Only what reaches the teacher's training counts: the students' learning rate and KD
-    settings do not, so tuning them keeps the cached teacher.
+    settings do not, so tuning them keeps the cached teacher. ``precision`` is the one it
+    trains at (``training.precision`` resolved for the driver's device).
     """
     optimization = asdict(teacher_optimization(spec))
     for student_only in ("kd_temperature", "kd_alpha"):
@@ -77,6 +84,8 @@ def teacher_key(spec: Spec) -> str:
         "seed": spec.seed,
         "version": __version__,
     }
+    if precision != "fp32":  # absent at fp32: the keys of teachers cached before it existed
+        payload["precision"] = precision
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -100,41 +109,72 @@ def prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherR
     teacher has seen) and is always evaluated on the study's own evaluation split
     (``plan.trial``), like every trial.
     """
+    try:
+        return _prepare_teacher(spec, plan=plan, cache_dir=cache_dir)
+    finally:
+        if torch.cuda.is_initialized():
+            # The trials may share this machine's GPUs: hand back what the driver's
+            # allocator still caches of the teacher stage.
+            torch.cuda.empty_cache()
+
+
+def _prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherResult:
     setup = plan.teacher
     num_classes = plan.num_classes
+    accelerator = Accelerator.on(training_device(), setup.accelerator)
+    device = accelerator.device
+    key = teacher_key(spec, precision=accelerator.precision)
+    path = cache_dir / f"teacher-{key}.pt"
+    trains = spec.teacher.checkpoint is None and not path.is_file()
     torch.manual_seed(spec.seed)  # the initial weights too: a cache key must mean one teacher
     model = build_model(
         spec.teacher.arch,
         num_classes=num_classes,
         image_size=spec.dataset.image_size,
         width_divisor=spec.teacher.width,
-        pretrained=spec.teacher.pretrained,
+        # Only a teacher about to train starts from ImageNet: a checkpoint or the cache
+        # replaces every weight, so they need no weights file (nor a hash of 0.5 GB).
+        pretrained=spec.teacher.pretrained and trains,
     )
-    _, eval_loader = make_loaders(plan.trial)
-    train_loader, _ = make_loaders(setup)
+    _, eval_loader = make_loaders(plan.trial, device=device)
+    train_loader, _ = make_loaders(setup, device=device)
 
-    evaluation = make_evaluator(eval_loader, multi_label=setup.multi_label)
+    evaluation = make_evaluator(
+        eval_loader,
+        multi_label=setup.multi_label,
+        device=device,
+        accelerator=setup.accelerator,
+        protocol=setup.evaluation_protocol,
+    )
     # The teacher's row of each further method's table: measured once, like a trial's last epoch.
     further = make_evaluator(
         eval_loader,
         multi_label=setup.multi_label,
+        device=device,
         attribution_methods=("grad_cam", *setup.attribution_methods),
+        accelerator=setup.accelerator,
+        protocol=setup.evaluation_protocol,
     )
 
     def final_evaluation(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
         # A loaded teacher reports what a trained one does: its metrics and its size.
+        accelerator.prepare(model)
         return {**further(model, teacher), "params": float(count_params(model))}
 
+    def on_cpu(model: nn.Module) -> dict[str, Tensor]:
+        # The trials receive it through Ray's object store, which must not hold CUDA tensors.
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
     if spec.teacher.checkpoint is not None:
-        path = Path(spec.teacher.checkpoint)
-        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-        return TeacherResult(model.state_dict(), final_evaluation(model, None), path, "", False)
-    key = teacher_key(spec)
-    path = cache_dir / f"teacher-{key}.pt"
+        given = Path(spec.teacher.checkpoint)
+        model.load_state_dict(torch.load(given, weights_only=True, map_location="cpu"))
+        metrics = final_evaluation(model, None)
+        return TeacherResult(on_cpu(model), metrics, given, "", False)
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
         print(f"teacher: cached weights {path}", file=sys.stderr)
-        return TeacherResult(model.state_dict(), final_evaluation(model, None), path, key, False)
+        metrics = final_evaluation(model, None)
+        return TeacherResult(on_cpu(model), metrics, path, key, False)
     final: dict[str, float] = {}
     progress = _progress(spec.teacher.epochs, time.monotonic())
 
@@ -148,6 +188,7 @@ def prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherR
         optimization=teacher_optimization(spec),
         multi_label=setup.multi_label,
         seed=spec.seed,
+        accelerator=setup.accelerator,
     )
     train_student(
         model,
@@ -157,9 +198,10 @@ def prepare_teacher(spec: Spec, *, plan: StudyPlan, cache_dir: Path) -> TeacherR
         matching=MatchingConfig(kind="none"),
         evaluate=evaluation,
         report=report,
+        device=device,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = on_cpu(model)
     partial = path.with_suffix(".tmp")
     torch.save(state, partial)
     partial.replace(path)  # atomic: a killed run never leaves half a teacher in the cache

@@ -65,7 +65,7 @@ def run_distillation(
     torch.manual_seed(setup.seed)
     teacher = build_teacher(setup, teacher_state)
     student = _build_student(config, setup)
-    train_loader, eval_loader = make_loaders(setup)
+    train_loader, eval_loader = make_loaders(setup, device=device)
     sizes = SizeProbe(
         image_size(setup),
         final_epoch=setup.epochs - 1,
@@ -78,7 +78,13 @@ def run_distillation(
         train_loader,
         config=loop_config(config, setup),
         matching=matching_config(config),
-        evaluate=make_evaluator(eval_loader, multi_label=setup.multi_label, device=device),
+        evaluate=make_evaluator(
+            eval_loader,
+            multi_label=setup.multi_label,
+            device=device,
+            accelerator=setup.accelerator,
+            protocol=setup.evaluation_protocol,
+        ),
         report=report,
         hooks=CompressionHooks(size_metrics=sizes),
         resume=resume,

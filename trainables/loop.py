@@ -9,6 +9,11 @@ then the method's ``after_step`` hook runs (e.g. unstructured pruning re-applies
 After each epoch the student is evaluated and ``report(epoch, metrics, state)`` is called with
 a state the caller can checkpoint and hand back as ``resume`` to continue from that epoch.
 
+Precision (:mod:`trainables.precision`, ``LoopConfig.accelerator``): forward passes and the
+losses run under the study's autocast (bf16 or fp16, or none at fp32, the CPU's default); fp16
+steps go through a loss scaler, whose state the checkpoint carries; on CUDA the models and
+image batches are channels-last when asked.
+
 Besides the metrics, each report carries ``time_train_s`` (the epoch's batches: forward,
 losses, backward, step, hooks; the first epoch run also the teacher cache's one pass) and
 ``time_eval_s`` (evaluation and size metrics), wall seconds.
@@ -38,6 +43,7 @@ from trainables.losses import (
 )
 from trainables.matching import MatchingConfig, matching_loss, teacher_targets
 from trainables.models import forward_features, forward_head
+from trainables.precision import Accelerator, AcceleratorOptions, loader_options, widen
 from trainables.teacher_cache import TeacherCache
 
 __all__ = [
@@ -79,6 +85,7 @@ class LoopConfig:
     ``cache_teacher`` runs the teacher over the training set once and reuses its outputs every
     epoch (:mod:`trainables.teacher_cache`) when the data set says its samples never change
     (:attr:`trainables.data.ImageDataset.deterministic`, i.e. no random augmentation).
+    ``accelerator``: precision and memory layout (:mod:`trainables.precision`).
     """
 
     epochs: int
@@ -87,6 +94,7 @@ class LoopConfig:
     multi_label: bool = True
     seed: int = 0
     cache_teacher: bool = True
+    accelerator: AcceleratorOptions = field(default_factory=AcceleratorOptions)
 
 
 @dataclass
@@ -106,28 +114,35 @@ class CompressionHooks:
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds: the next epoch to run, and the student and optimiser state."""
+    """What a checkpoint holds: the next epoch to run, the student and optimiser state, and
+    at fp16 the loss scaler's (None otherwise, and then absent from :meth:`as_dict`)."""
 
     epoch: int
     model: dict[str, Tensor]
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "epoch": self.epoch,
             "model": self.model,
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
         }
+        if self.scaler is not None:
+            data["scaler"] = self.scaler
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
-        return cls(data["epoch"], data["model"], data["optimizer"], data["scheduler"])
+        return cls(
+            data["epoch"], data["model"], data["optimizer"], data["scheduler"], data.get("scaler")
+        )
 
 
 def _teacher_cache(
-    teacher: nn.Module, train_loader: DataLoader[Any], device: torch.device
+    teacher: nn.Module, train_loader: DataLoader[Any], accelerator: Accelerator
 ) -> TeacherCache | None:
     """The teacher's outputs on ``train_loader``'s data set, in index order (None: too big)."""
     dataset = train_loader.dataset
@@ -136,9 +151,14 @@ def _teacher_cache(
         dataset,
         batch_size=train_loader.batch_size or 1,
         shuffle=False,
-        num_workers=train_loader.num_workers,
+        # One pass: workers that outlive it would only hold memory.
+        **loader_options(
+            accelerator.device, num_workers=train_loader.num_workers, persistent=False
+        ),
     )
-    return TeacherCache.build(teacher, in_order, size=size, device=device)
+    return TeacherCache.build(
+        teacher, in_order, size=size, device=accelerator.device, accelerator=accelerator
+    )
 
 
 Evaluator = Callable[[nn.Module, nn.Module | None], dict[str, float]]
@@ -178,16 +198,19 @@ def train_student(
             metrics include ``time_train_s`` and ``time_eval_s`` (see the module docstring).
         hooks: method-specific additions.
         resume: a state from an earlier ``report`` to continue from.
-        device: where to train.
+        device: where to train (with ``config.accelerator``'s precision and layout).
 
     Raises:
         DivergedError: the loss became NaN or infinite.
+        ValueError: ``config.accelerator`` does not fit ``device``
+            (:func:`trainables.precision.resolve_precision`).
     """
     hooks = hooks or CompressionHooks()
-    device = torch.device(device)
-    student.to(device)
+    accelerator = Accelerator.on(device, config.accelerator)
+    device = accelerator.device
+    accelerator.prepare(student)
     if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
+        accelerator.prepare(teacher).eval().requires_grad_(False)
     elif matching.kind != "none":
         raise ValueError(f"matching: needs a teacher, got kind {matching.kind!r} without one")
     settings = config.optimization
@@ -204,18 +227,21 @@ def train_student(
             weight_decay=settings.weight_decay,
         )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scaler = accelerator.grad_scaler()
     start = 0
     if resume is not None:
         student.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
+        if scaler is not None and resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
         start = resume.epoch
     generator = torch.Generator(device=device).manual_seed(config.seed)
     # The cache replaces the teacher's forward passes of every epoch, so building it is
     # training time: it is added to the first epoch's time_train_s.
     cache_started = time.perf_counter()
     cache = (
-        _teacher_cache(teacher, train_loader, device)
+        _teacher_cache(teacher, train_loader, accelerator)
         if teacher is not None
         and config.cache_teacher
         and start < config.epochs
@@ -231,36 +257,47 @@ def train_student(
         total, batches = 0.0, 0
         train_started = time.perf_counter()
         for batch in train_loader:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device, non_blocking=True)
-            features = forward_features(student, images)
-            logits = forward_head(student, features)
-            if teacher is None:
-                loss = task_loss(logits, labels, multi_label=config.multi_label)
-            else:
-                outputs = None if cache is None else cache.lookup(batch["index"])
-                targets = teacher_targets(
-                    teacher, images, labels, matching, generator=generator, outputs=outputs
-                )
-                loss = distillation_loss(
-                    logits,
-                    targets.logits,
-                    labels,
-                    temperature=settings.kd_temperature,
-                    alpha=settings.kd_alpha,
-                    multi_label=config.multi_label,
-                )
-                if matching.kind != "none" and config.beta > 0:
-                    match = matching_loss(
-                        student, features, logits, targets, matching, generator=generator
+            images = accelerator.images(batch["image"])
+            labels = accelerator.tensor(batch["labels"])
+            with accelerator.autocast():
+                features = forward_features(student, images)
+                logits = forward_head(student, features)
+                # The losses in fp32 (a no-op at fp32): autocast lowers matrix products, not
+                # these element-wise terms, which would otherwise run in the logits' bf16 or
+                # fp16 and lose KD's small per-label terms.
+                if teacher is None:
+                    loss = task_loss(widen(logits), labels, multi_label=config.multi_label)
+                else:
+                    outputs = None if cache is None else cache.lookup(batch["index"])
+                    targets = teacher_targets(
+                        teacher, images, labels, matching, generator=generator, outputs=outputs
                     )
-                    loss = loss + config.beta * match
+                    loss = distillation_loss(
+                        widen(logits),
+                        widen(targets.logits),
+                        labels,
+                        temperature=settings.kd_temperature,
+                        alpha=settings.kd_alpha,
+                        multi_label=config.multi_label,
+                    )
+                    if matching.kind != "none" and config.beta > 0:
+                        match = matching_loss(
+                            student, features, logits, targets, matching, generator=generator
+                        )
+                        loss = loss + config.beta * match
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise DivergedError(f"loss is {value} at epoch {epoch}, batch {batches}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                # Scaled so that fp16 gradients stay above the subnormals; the step is
+                # skipped (and the scale halved) when a gradient overflowed.
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             if hooks.after_step is not None:
                 hooks.after_step(student)
             total += value
@@ -284,5 +321,6 @@ def train_student(
             # Copies: the optimiser keeps updating its momentum buffers in place.
             copy.deepcopy(optimizer.state_dict()),
             copy.deepcopy(scheduler.state_dict()),
+            None if scaler is None else scaler.state_dict(),
         )
         report(epoch, metrics, state)

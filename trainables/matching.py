@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from trainables.attribution import channel_drop_mask, ewa_map, swa_map
 from trainables.models import forward_features, forward_head, linear_head_weight
+from trainables.precision import widen
 
 __all__ = [
     "CLASS_SELECTIONS",
@@ -187,7 +188,9 @@ def _collapsed_maps(
 ) -> Tensor:
     """[B, K, h, w] maps of ``config.kind`` (K = 1 for EWA)."""
     if config.kind == "ewa":
-        return ewa_map(features).unsqueeze(1)
+        # Squared in fp32 (a no-op at fp32): under fp16 autocast an activation past 256
+        # would square to inf.
+        return ewa_map(widen(features)).unsqueeze(1)
     weights = sensitivity_weights(
         model, features, classes, logits=logits, create_graph=create_graph
     )
@@ -253,7 +256,10 @@ def normalized_map_distance(student_maps: Tensor, teacher_maps: Tensor) -> Tenso
     """|| M_s/||M_s|| - M_t/||M_t|| ||_2 per map: [..., h, w] x [..., h, w] -> [...].
 
     A student map of another resolution is resized to the teacher's first (bilinear).
+    Computed in fp32 whatever the maps' dtype (bf16, fp16 under autocast): in fp16 the eps
+    below is 0, and the norm's gradient at an all-zero map would be inf.
     """
+    student_maps, teacher_maps = widen(student_maps), widen(teacher_maps)
     if student_maps.shape[-2:] != teacher_maps.shape[-2:]:
         lead = student_maps.shape[:-2]
         student_maps = F.interpolate(

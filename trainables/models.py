@@ -16,10 +16,14 @@ are torchvision's and pruning libraries see ordinary modules. What this module a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor, nn
@@ -32,10 +36,12 @@ __all__ = [
     "WIDTH_DIVISORS",
     "Architecture",
     "SplitModel",
+    "WeightsFile",
     "build_model",
     "eval_mode",
     "forward_features",
     "forward_head",
+    "imagenet_weights_file",
     "linear_head_weight",
     "load_imagenet_weights",
     "matched_layer",
@@ -229,7 +235,8 @@ def build_model(
             matched layer is at least ``min_feature_size`` wide.
         width_divisor: divide every convolution's width (and the VGG head) by this.
         pretrained: load torchvision's ImageNet weights (all but the new head). Downloads into
-            the torch hub cache unless the file is already there; only for full-width models.
+            the torch hub cache unless the file is already there (:func:`imagenet_weights_file`
+            names it); only for full-width models.
         min_feature_size: smallest side of the matched layer's map.
         dropout: dropout probability in the VGG head.
 
@@ -262,6 +269,82 @@ def build_model(
     return model
 
 
+@dataclass(frozen=True)
+class WeightsFile:
+    """Where torchvision's ImageNet weights for one architecture come from and are cached.
+
+    Attributes:
+        path: the file in the torch hub cache, ``torch.hub.get_dir()/checkpoints/<name>``
+            (``$TORCH_HOME/hub/checkpoints`` when ``TORCH_HOME`` is set), named as torch.hub
+            names what it downloads: the url's basename, which carries a SHA-256 prefix.
+        url: where torchvision's weights enum downloads it from.
+    """
+
+    path: Path
+    url: str
+
+    @property
+    def offline_hint(self) -> str:
+        """How to provide the file where it cannot be downloaded."""
+        return (
+            f"download {self.url} on a machine that is online and put it in {self.path.parent}, "
+            "or set TORCH_HOME"
+        )
+
+
+def imagenet_weights_file(arch: str) -> WeightsFile:
+    """The file :func:`load_imagenet_weights` reads for ``arch``, and the url it comes from.
+
+    The cache folder is read at each call, so ``TORCH_HOME`` (or ``torch.hub.set_dir``) set
+    after import counts. Nothing is created or downloaded.
+    """
+    from torchvision.models import get_weight
+
+    url = str(get_weight(f"{_architecture(arch).weights}.IMAGENET1K_V1").url)
+    name = Path(urlsplit(url).path).name
+    return WeightsFile(path=Path(torch.hub.get_dir()) / "checkpoints" / name, url=url)
+
+
+def _cached_imagenet_state(arch: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet state dict for ``arch`` from the hub cache, downloaded if absent."""
+    from urllib.error import URLError
+
+    weights = imagenet_weights_file(arch)
+    if weights.path.is_file():
+        # torch.hub checks the hash in the name only when it downloads; a file copied into the
+        # cache by hand (an offline cluster) is checked here, so a partial copy says so.
+        _check_weights_hash(arch, weights)
+    try:
+        state: dict[str, Tensor] = torch.hub.load_state_dict_from_url(
+            weights.url,
+            model_dir=str(weights.path.parent),  # the folder imagenet_weights_file names
+            map_location="cpu",
+            check_hash=True,
+            weights_only=True,  # tensors only: a file someone put there cannot run code
+        )
+    except URLError as error:  # no file and no network (HTTP errors are URLErrors too)
+        raise RuntimeError(
+            f"pretrained: needs torchvision's ImageNet weights for {arch}, got no file "
+            f"{weights.path} (download failed: {error.reason}; {weights.offline_hint})"
+        ) from error
+    return state
+
+
+def _check_weights_hash(arch: str, weights: WeightsFile) -> None:
+    named = re.search(r"-([a-f0-9]+)\.", weights.path.name)  # torch.hub's naming convention
+    if named is None:
+        return
+    with weights.path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    prefix = named.group(1)
+    if not digest.startswith(prefix):
+        raise RuntimeError(
+            f"pretrained: needs torchvision's ImageNet weights for {arch}, got {weights.path} "
+            f"whose SHA-256 starts {digest[: len(prefix)]}, not {prefix} (a partial copy or "
+            f"another file; {weights.offline_hint})"
+        )
+
+
 def load_imagenet_weights(
     model: nn.Module, arch: str, *, state_dict: dict[str, Tensor] | None = None
 ) -> None:
@@ -270,16 +353,15 @@ def load_imagenet_weights(
     Args:
         model: a full-width model from :func:`build_model`.
         arch: its architecture name.
-        state_dict: torchvision's state dict; fetched through the weights enum (torch hub
-            cache, downloaded once) when None.
+        state_dict: torchvision's state dict; when None, read from the torch hub cache
+            (:func:`imagenet_weights_file`), downloaded there first if it is not.
+
+    Raises:
+        RuntimeError: the file is missing and cannot be downloaded, or is not the file its
+            name promises (its SHA-256 does not start with the hash in the name).
     """
     spec = _architecture(arch)
-    state = state_dict
-    if state is None:
-        from torchvision.models import get_weight
-
-        weights = get_weight(f"{spec.weights}.IMAGENET1K_V1")
-        state = weights.get_state_dict(progress=True, check_hash=True)
+    state = state_dict if state_dict is not None else _cached_imagenet_state(arch)
     head_prefix = "classifier." if spec.family == "vgg" else "fc."
     body = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     missing, unexpected = model.load_state_dict(body, strict=False)

@@ -83,6 +83,7 @@ from torchvision.models import vgg as tv_vgg
 
 from trainables.loop import CompressionHooks, TrainState, train_student
 from trainables.models import SplitModel, forward_features, forward_head
+from trainables.precision import AcceleratorOptions
 from trainables.size import count_flops, count_params, median_latency_ms
 from trainables.trial import (
     CheckpointReporter,
@@ -679,14 +680,21 @@ def run_quantization(
     """
     settings = parse_config(config)
     device = torch.device(device)
+    # fp32 and the exported graphs' own layout whatever the study asks: autocast would round
+    # the fake-quant and int8 graphs' float arithmetic, which is what the trial measures.
+    setup = dataclasses.replace(
+        setup, accelerator=AcceleratorOptions(precision="fp32", channels_last=False)
+    )
     torch.manual_seed(setup.seed)
     teacher = build_teacher(setup, teacher_state)
     size = image_size(setup)
     folded = fold_batch_norm(teacher)
     params, flops = count_params(folded), count_flops(folded, size)
     reference = count_params(teacher)
-    train_loader, eval_loader = make_loaders(setup)
-    evaluate = make_evaluator(eval_loader, multi_label=setup.multi_label, device=device)
+    train_loader, eval_loader = make_loaders(setup, device=device)
+    evaluate = make_evaluator(
+        eval_loader, multi_label=setup.multi_label, device=device, accelerator=setup.accelerator
+    )
 
     measured: dict[str, float] = {}
 

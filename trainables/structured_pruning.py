@@ -297,7 +297,7 @@ def run_structured_pruning(
     teacher = build_teacher(setup, teacher_state)
     student = _prune_teacher(teacher, config, setup).model
     state = None if resume is None else TrainState.from_dict(resume)
-    train_loader, eval_loader = make_loaders(setup)
+    train_loader, eval_loader = make_loaders(setup, device=device)
     sizes = SizeProbe(
         image_size(setup),
         final_epoch=setup.epochs - 1,
@@ -315,7 +315,13 @@ def run_structured_pruning(
         train_loader,
         config=loop_config(config, setup),
         matching=matching_config(config),
-        evaluate=make_evaluator(eval_loader, multi_label=setup.multi_label, device=device),
+        evaluate=make_evaluator(
+            eval_loader,
+            multi_label=setup.multi_label,
+            device=device,
+            accelerator=setup.accelerator,
+            protocol=setup.evaluation_protocol,
+        ),
         report=report_state,
         hooks=CompressionHooks(size_metrics=sizes),
         resume=state,

@@ -9,7 +9,9 @@ features and the logits; maps are still derived per batch from the cached featur
 the head only (SSWA draws fresh drop masks each step, as without the cache).
 
 Values equal the uncached path's up to float rounding (batch composition differs), and they
-are the same on every run: a resumed trial rebuilds the identical cache.
+are the same on every run: a resumed trial rebuilds the identical cache. Under bf16 or fp16
+(:mod:`trainables.precision`) the teacher runs under the same autocast as the uncached path
+and the cache holds that dtype, half fp32's bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables.models import forward_features, forward_head
+from trainables.precision import Accelerator
 
 __all__ = ["DEFAULT_MAX_CACHE_BYTES", "TeacherCache"]
 
@@ -46,6 +49,7 @@ class TeacherCache:
         size: int,
         device: torch.device,
         max_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        accelerator: Accelerator | None = None,
     ) -> TeacherCache | None:
         """Run ``teacher`` (in eval mode) over ``batches`` that cover sample indices 0..size-1.
 
@@ -55,18 +59,25 @@ class TeacherCache:
             size: the number of samples (indices run from 0 to ``size - 1``).
             device: where the cache lives (the training device).
             max_bytes: give up (return None) when the cache would be larger than this.
+            accelerator: the loop's autocast and batch copies (default: fp32, plain copies);
+                its device must be ``device``.
 
         Returns:
             The cache, or None when it would exceed ``max_bytes`` or ``size`` is 0.
         """
+        where = torch.device(device)
+        run = accelerator or Accelerator.plain(where)
+        if not run.runs_on(where):
+            raise ValueError(f"accelerator: must be on device {where}, got {run.device}")
         features: Tensor | None = None
         logits: Tensor | None = None
         filled = torch.zeros(size, dtype=torch.bool)
         for batch in batches:
-            images = batch["image"].to(device)
+            images = run.images(batch["image"])
             index = torch.as_tensor(batch["index"], dtype=torch.int64)
-            batch_features = forward_features(teacher, images)
-            batch_logits = forward_head(teacher, batch_features)
+            with run.autocast():
+                batch_features = forward_features(teacher, images)
+                batch_logits = forward_head(teacher, batch_features)
             if features is None or logits is None:
                 per_sample = batch_features[0].numel() + batch_logits[0].numel()
                 if size * per_sample * batch_features.element_size() > max_bytes:

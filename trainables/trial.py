@@ -29,11 +29,14 @@ from torch.utils.data import DataLoader
 
 from trainables.data import build_dataset
 from trainables.data.descriptors import dataset_descriptor
+from trainables.data.registry import dataset_options
 from trainables.data.sample import ImageDataset
+from trainables.evaluation_protocol import evaluation_protocol, protocol_dataset_options
 from trainables.export import MODEL_FILE, export_model
 from trainables.loop import DivergedError, Evaluator, LoopConfig, Optimization
 from trainables.matching import MatchingConfig
 from trainables.models import build_model
+from trainables.precision import Accelerator, AcceleratorOptions, loader_options, training_device
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -85,6 +88,10 @@ class TrialSetup:
         attribution_methods: further attribution methods (besides Grad-CAM) whose metrics a
             trial measures with its last epoch (``attr_auc_lrp``...).
         overlay_images: evaluation images in a trial's attribution overlay (0: none).
+        accelerator: precision and memory layout on the trial's device
+            (:mod:`trainables.precision`).
+        evaluation_protocol: ``apc`` or ``official`` (:mod:`trainables.evaluation_protocol`):
+            the options ``eval_split`` is built with and where evaluation takes Grad-CAM.
     """
 
     dataset: str
@@ -106,6 +113,8 @@ class TrialSetup:
     headline: tuple[str, ...] = ()
     attribution_methods: tuple[str, ...] = ()
     overlay_images: int = 8
+    accelerator: AcceleratorOptions = field(default_factory=AcceleratorOptions)
+    evaluation_protocol: str = "apc"
 
 
 def image_size(setup: TrialSetup) -> int:
@@ -114,8 +123,13 @@ def image_size(setup: TrialSetup) -> int:
 
 
 def build_split(setup: TrialSetup, split: str, size: int | None) -> ImageDataset:
-    """The data set of ``split`` as the study configures it."""
+    """The data set of ``split`` as the study configures it; ``eval_split`` with the
+    evaluation protocol's options over the study's (``official`` on VOC: difficult objects
+    count)."""
     options = dict(setup.dataset_options)
+    if split == setup.eval_split:
+        accepted = dataset_options(setup.dataset)
+        options.update(protocol_dataset_options(setup.evaluation_protocol, accepted))
     if dataset_descriptor(setup.dataset).generated:
         options["seed"] = setup.seed
         if size is not None:
@@ -123,14 +137,29 @@ def build_split(setup: TrialSetup, split: str, size: int | None) -> ImageDataset
     return build_dataset(setup.dataset, split=split, **options)
 
 
-def make_loaders(setup: TrialSetup) -> tuple[DataLoader[Any], DataLoader[Any]]:
-    """Shuffled training batches and the evaluation split's batches."""
+def make_loaders(
+    setup: TrialSetup, *, device: torch.device | str = "cpu"
+) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """Shuffled training batches and the evaluation split's batches, fed to ``device``
+    (:func:`trainables.precision.loader_options`: pinned on CUDA; only the evaluation
+    loader's workers persist, since a persistent shuffled loader would break resumes)."""
     train = build_split(setup, "train", setup.train_size)
     evaluation = build_split(setup, setup.eval_split, setup.val_size)
-    common: dict[str, Any] = {"batch_size": setup.batch_size, "num_workers": setup.num_workers}
+    workers = setup.num_workers
     return (
-        DataLoader(train, shuffle=True, drop_last=len(train) > setup.batch_size, **common),
-        DataLoader(evaluation, shuffle=False, **common),
+        DataLoader(
+            train,
+            batch_size=setup.batch_size,
+            shuffle=True,
+            drop_last=len(train) > setup.batch_size,
+            **loader_options(device, num_workers=workers, persistent=False),
+        ),
+        DataLoader(
+            evaluation,
+            batch_size=setup.batch_size,
+            shuffle=False,
+            **loader_options(device, num_workers=workers, persistent=True),
+        ),
     )
 
 
@@ -140,9 +169,19 @@ def make_evaluator(
     multi_label: bool,
     device: torch.device | str = "cpu",
     attribution_methods: tuple[str, ...] = ("grad_cam",),
+    accelerator: AcceleratorOptions | None = None,
+    protocol: str = "apc",
 ) -> Evaluator:
-    """The loop's per-epoch evaluation: ``evaluate`` on ``loader``, metrics only."""
+    """The loop's per-epoch evaluation: ``evaluate`` on ``loader``, metrics only, under
+    ``accelerator``'s precision on ``device`` (None: fp32, plain copies), with Grad-CAM where
+    evaluation ``protocol`` takes it (``TrialSetup.evaluation_protocol``)."""
     from trainables.evaluation import evaluate
+
+    run_on = (
+        Accelerator.plain(device) if accelerator is None else Accelerator.on(device, accelerator)
+    )
+
+    layer = evaluation_protocol(protocol).grad_cam_layer
 
     def run(model: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
         result = evaluate(
@@ -150,8 +189,9 @@ def make_evaluator(
             loader,
             teacher=teacher,
             multi_label=multi_label,
-            device=device,
             attribution_methods=attribution_methods,
+            accelerator=run_on,
+            grad_cam_layer=layer,
         )
         return dict(result.metrics)
 
@@ -194,6 +234,7 @@ def loop_config(
         beta=float(config.get("beta", 0.0)),
         multi_label=setup.multi_label,
         seed=setup.seed + seed,
+        accelerator=setup.accelerator,
     )
 
 
@@ -245,13 +286,19 @@ def _final_artifacts(
     device: torch.device | str,
 ) -> dict[str, float]:
     """Per-sample results, overlays and further attribution metrics of the final model
-    (:mod:`trainables.trial_artifacts`); a failure costs these, not the trained trial."""
+    (:mod:`trainables.trial_artifacts`); a failure costs these, not the trained trial.
+
+    Measured at fp32 whatever the trial's precision: these are what the study's readers keep
+    of the final model, and the further methods (LRP, EBP...) were written for fp32."""
     from trainables.trial_artifacts import write_final_artifacts
 
     try:
         evaluation = build_split(setup, setup.eval_split, setup.val_size)
         loader = DataLoader(
-            evaluation, batch_size=setup.batch_size, shuffle=False, num_workers=setup.num_workers
+            evaluation,
+            batch_size=setup.batch_size,
+            shuffle=False,
+            **loader_options(device, num_workers=setup.num_workers, persistent=False),
         )
         return write_final_artifacts(
             model.to(device),
@@ -262,6 +309,7 @@ def _final_artifacts(
             attribution_methods=setup.attribution_methods,
             overlay_images=setup.overlay_images,
             device=device,
+            grad_cam_layer=evaluation_protocol(setup.evaluation_protocol).grad_cam_layer,
         )
     except Exception as error:
         warnings.warn(f"final evaluation artifacts were not written: {error!r}", stacklevel=2)
@@ -440,7 +488,7 @@ def run_tune_trial(
             send({**metrics, "epoch": epoch}, payload, model)
         next_epoch = epoch + 1
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     try:
         run(config, setup, teacher_state, report=report, resume=resume, device=device)
     except DivergedError as error:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from trainables.artifact_names import MAPS_FILE, OVERLAY_FILE, PER_SAMPLE_FILE, TRIAL_ARTIFACTS
 from trainables.evaluation import evaluate
+from trainables.evaluation_protocol import GradCamLayer, grad_cam_view
 from trainables.overlays import (
     capture_overlay_maps,
     draw_overlays,
@@ -69,6 +70,7 @@ def _further_metrics(
     *,
     multi_label: bool,
     device: torch.device | str,
+    grad_cam_layer: GradCamLayer = "matched",
 ) -> tuple[dict[str, float], dict[str, npt.NDArray[Any]]]:
     """Metrics and per-sample columns of each further method; a method the model does not
     support (e.g. LRP on a quantized model) is left out with a warning."""
@@ -83,6 +85,7 @@ def _further_metrics(
                 multi_label=multi_label,
                 device=device,
                 attribution_methods=(method,),
+                grad_cam_layer=grad_cam_layer,
             )
         except (TypeError, NotImplementedError, RuntimeError) as error:
             warnings.warn(f"attribution method {method}: not measured: {error}", stacklevel=2)
@@ -103,6 +106,7 @@ def write_final_artifacts(
     attribution_methods: Sequence[str] = (),
     overlay_images: int = 8,
     device: torch.device | str = "cpu",
+    grad_cam_layer: GradCamLayer = "matched",
 ) -> dict[str, float]:
     """Evaluate the trial's final ``model`` and write its artifacts into ``folder``.
 
@@ -115,20 +119,40 @@ def write_final_artifacts(
         attribution_methods: further methods (not ``grad_cam``) whose metrics are measured.
         overlay_images: images in the overlay (0: no overlay).
         device: where batches go.
+        grad_cam_layer: where Grad-CAM is taken, in the per-sample scores and the overlays
+            (:mod:`trainables.evaluation_protocol`).
 
     Returns:
         the further methods' metrics (``attr_auc_lrp``...), empty without further methods.
     """
     target = Path(folder)
-    result = evaluate(model, loader, teacher=teacher, multi_label=multi_label, device=device)
+    result = evaluate(
+        model,
+        loader,
+        teacher=teacher,
+        multi_label=multi_label,
+        device=device,
+        grad_cam_layer=grad_cam_layer,
+    )
     further = [m for m in attribution_methods if m != "grad_cam"]
     metrics, columns = _further_metrics(
-        model, teacher, loader, further, multi_label=multi_label, device=device
+        model,
+        teacher,
+        loader,
+        further,
+        multi_label=multi_label,
+        device=device,
+        grad_cam_layer=grad_cam_layer,
     )
     pq.write_table(per_sample_table({**result.per_sample, **columns}), target / PER_SAMPLE_FILE)
     if overlay_images > 0:
+        # A view's matched layer is the one it was split at: the overlays follow the layer.
         maps = capture_overlay_maps(
-            model, teacher, loader.dataset, count=overlay_images, device=device
+            grad_cam_view(model, layer=grad_cam_layer),
+            grad_cam_view(teacher, layer=grad_cam_layer),
+            loader.dataset,
+            count=overlay_images,
+            device=device,
         )
         save_overlay_maps(maps, target / MAPS_FILE)
         draw_overlays(

@@ -251,8 +251,14 @@ def run_unstructured_pruning(
         if state.epoch >= schedule.epochs_per_step:  # that step was finished: start the next
             first_step, state = first_step + 1, None
     per_step = schedule.epochs_per_step
-    train_loader, eval_loader = make_loaders(setup)
-    evaluate = make_evaluator(eval_loader, multi_label=setup.multi_label, device=device)
+    train_loader, eval_loader = make_loaders(setup, device=device)
+    evaluate = make_evaluator(
+        eval_loader,
+        multi_label=setup.multi_label,
+        device=device,
+        accelerator=setup.accelerator,
+        protocol=setup.evaluation_protocol,
+    )
     sizes = SizeProbe(
         image_size(setup),
         final_epoch=schedule.epochs - 1,

@@ -1,7 +1,8 @@
 """``apc validate SPEC``: every problem of a study spec at once, or what it would run.
 
-It checks the spec and the files it names (data set, checkpoint), never the services (the
-tracking store, Ray): that is `apc run`'s preflight.
+It checks the spec and the files it names (data set, checkpoint, and for ``teacher.pretrained``
+the ImageNet weights, whose download host it probes once when they are not cached), never the
+services (the tracking store, Ray): that is `apc run`'s preflight.
 """
 
 from __future__ import annotations

@@ -283,7 +283,7 @@ SPEC_CASES: dict[str, tuple[dict[str, Any] | str, list[str]]] = {
             "epochs: must be an integer in [1, 10000], got 10001",
             "dataset.image_size: must be an integer in [7, 4096], got 4097",
             "training.batch_size: must be an integer in [1, 65536], got 65537",
-            "training.num_workers: must be an integer in [0, 256], got 257",
+            "training.num_workers: must be an integer in [0, 256] or 'auto', got 257",
             "evaluation.overlay_images: must be an integer in [0, 1000], got 1001",
         ],
     ),

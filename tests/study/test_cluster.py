@@ -12,6 +12,9 @@ shared local storage path. Three studies run on it, each a separate driver proce
   on from its checkpoint on the other node, in the same MLflow run, no epoch logged twice;
 * ``apc run --ray-address`` with its driver killed (SIGKILL) mid-study, then
   ``apc resume NAME``: finished trials are not run again, the rest finish.
+
+The first runs in the default tier; the two with a killed node or driver take about two
+minutes each on 2 cores and are in the ``slow`` tier (``make test-slow``).
 """
 
 from __future__ import annotations
@@ -245,6 +248,9 @@ def _driver(setup: Setup, name: str, enqueue: list[str], *sets: str) -> subproce
     )
 
 
+# ~2 minutes each on 2 cores: the `slow` tier (`make test-slow`), beside the local
+# driver-kill tests of test_lifecycle.py and test_durable_tracking.py in the default one.
+@pytest.mark.slow
 def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) -> None:
     # Epochs of a few seconds, so that the kill comes while the trial runs.
     driver = _driver(setup, "nodekill", SETTINGS, "dataset.train_size=480")
@@ -279,6 +285,9 @@ def test_trial_continues_from_its_checkpoint_when_its_node_dies(setup: Setup) ->
     assert len(moved.data.tags["apc.node_ids"].split(",")) == 2  # it moved to another node
 
 
+# ~2 minutes each on 2 cores: the `slow` tier (`make test-slow`), beside the local
+# driver-kill tests of test_lifecycle.py and test_durable_tracking.py in the default one.
+@pytest.mark.slow
 def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup) -> None:
     # Epochs of a second or more: Tune snapshots the experiment every second (runner).
     driver = _driver(setup, "resumed", SETTINGS, "dataset.train_size=480")
@@ -346,7 +355,7 @@ def test_killed_driver_is_resumed_without_repeating_finished_trials(setup: Setup
 def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup) -> None:
     """What the MLflow UI shows, asked through the same server's REST API (the UI's own
     calls): the nested runs, a metric's history, and the report's plots as PNG. Uses the study
-    the resume test finished (this module's tests run in order)."""
+    the Ray Job ran (this module's tests run in order; its diverged trial FAILED)."""
     import requests
 
     base = setup.mlflow.uri
@@ -354,7 +363,7 @@ def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup)
     assert page.ok
     assert "<title>MLflow</title>" in page.text
     report = subprocess.run(
-        [str(BIN / "apc"), "report", "resumed", "--tracking-uri", base],
+        [str(BIN / "apc"), "report", "jobs", "--tracking-uri", base],
         capture_output=True,
         text=True,
         timeout=300,
@@ -363,7 +372,7 @@ def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup)
 
     api = f"{base}/api/2.0/mlflow"
     experiment = requests.get(
-        f"{api}/experiments/get-by-name", params={"experiment_name": "resumed"}, timeout=30
+        f"{api}/experiments/get-by-name", params={"experiment_name": "jobs"}, timeout=30
     ).json()["experiment"]
     runs = requests.post(
         f"{api}/runs/search", json={"experiment_ids": [experiment["experiment_id"]]}, timeout=30
@@ -376,9 +385,11 @@ def test_mlflow_ui_serves_the_study_runs_metrics_and_report_images(setup: Setup)
     for tag in tags:
         if tag["apc.role"] != "study":
             assert tag["mlflow.parentRunId"] == parent_id  # nested under the study in the UI
+    finished = [run for run in trials if run["info"]["status"] == "FINISHED"]
+    assert len(finished) == 3
     history = requests.get(
         f"{api}/metrics/get-history",
-        params={"run_id": trials[0]["info"]["run_id"], "metric_key": "map"},
+        params={"run_id": finished[0]["info"]["run_id"], "metric_key": "map"},
         timeout=30,
     ).json()["metrics"]
     assert sorted(point["step"] for point in history) == list(range(EPOCHS))

@@ -489,7 +489,11 @@ _CAPS = [
     ("dataset.train_size", 10_000_000, "dataset.train_size: must be an integer in [1, 10000000]"),
     ("dataset.val_size", 10_000_000, "dataset.val_size: must be an integer in [1, 10000000]"),
     ("training.batch_size", 65_536, "training.batch_size: must be an integer in [1, 65536]"),
-    ("training.num_workers", 256, "training.num_workers: must be an integer in [0, 256]"),
+    (
+        "training.num_workers",
+        256,
+        "training.num_workers: must be an integer in [0, 256] or 'auto'",
+    ),
     (
         "evaluation.overlay_images",
         1000,

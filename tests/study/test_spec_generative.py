@@ -32,6 +32,7 @@ from search_spaces import builtin_search_space_path
 from study import spec as spec_module
 from study.cli import main
 from study.presets import DEMO_SPEC
+from trainables.models import imagenet_weights_file
 
 PRESETS = sorted({*DEMO_SPEC.parent.glob("*.yaml"), DEMO_SPEC})
 BASES: tuple[dict[str, Any], ...] = tuple(yaml.safe_load(p.read_text()) for p in PRESETS)
@@ -50,11 +51,16 @@ SETTINGS = settings(
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, voc2012_tree: Path) -> Path:
     """tmp_path as working folder and HOME, so that any stray write, or a `~` path, lands
-    where the examples look."""
+    where the examples look. The paper presets' data (``~/data``, a generated VOC tree) and
+    ImageNet weights file (an empty one: preflight asks only that it is there) are in place."""
     home = tmp_path / "home"
     home.mkdir()
+    (home / "data").symlink_to(voc2012_tree, target_is_directory=True)
+    weights = imagenet_weights_file("vgg16_bn").path
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.touch()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -135,6 +141,8 @@ def _key_paths(
 #: Keys a spec may give that the presets leave out.
 ABSENT_KEYS: tuple[tuple[str, ...], ...] = (
     ("training", "num_workers"),
+    ("training", "precision"),
+    ("training", "channels_last"),
     ("training", "momentum"),
     ("training", "weight_decay"),
     ("training", "kd_temperature"),
@@ -398,7 +406,10 @@ def _near(bounds: tuple[float, float, bool, bool]) -> st.SearchStrategy[float]:
 @st.composite
 def bounded_number(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[str, ...], float]:
     key = draw(st.sampled_from(sorted(BOUNDS)))
-    data = yaml.safe_load(yaml.safe_dump(draw(st.sampled_from(BASES))))
+    bases = BASES
+    if key in (("dataset", "train_size"), ("dataset", "val_size")):  # sizes of shapes only
+        bases = tuple(b for b in BASES if b["dataset"].get("name", "shapes") == "shapes")
+    data = yaml.safe_load(yaml.safe_dump(draw(st.sampled_from(bases))))
     value = draw(_near(BOUNDS[key]))
     _set(data, key, value)
     return data, key, value

@@ -10,6 +10,9 @@
 - :mod:`~trainables.data.imagefolder`: single-label class folders with optional masks.
 - :mod:`~trainables.data.transforms`: the train/eval image + mask transforms of the file-backed
   data sets.
+- :mod:`~trainables.data.decode`: image files to uint8 [3, H, W] (JPEGs through torchvision.io).
+- :mod:`~trainables.data.voc_tree`: ``write_voc_tree``, a generated VOC 2012 tree for tests and
+  benchmarks.
 - :mod:`~trainables.data.registry`: ``build_dataset(name, split=..., **options)``.
 
 The torchvision-backed names (VOC, image folders, transforms) load on first access, so that

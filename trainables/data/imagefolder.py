@@ -10,7 +10,8 @@ the training split's ``classes`` to the evaluation split so that indices agree e
 class folder is missing there. With ``mask_root`` every image needs a mask (a missing one is a
 ``FileNotFoundError`` when that sample is loaded), and ``masks`` [C, H, W] has only the
 image's own class set: the object mask of the one labelled class, the other channels empty.
-Transforms are the VOC ones (random resized crop + flip for training, resize otherwise).
+Transforms are the VOC ones (random resized crop + flip for training, resize otherwise), and
+so is decoding (:func:`trainables.data.decode.read_image`: JPEGs through torchvision.io).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from trainables.data._validation import (
     check_optional_bool,
     check_path,
 )
+from trainables.data.decode import read_image
 from trainables.data.sample import ImageDataset, Sample
 from trainables.data.transforms import DEFAULT_CROP_SCALE, ImageMaskTransform
 
@@ -155,12 +157,12 @@ class ImageFolderData(ImageDataset):
         path, target = self.samples[index]
         labels = torch.zeros(self.num_classes, dtype=torch.float32)
         labels[target] = 1.0
-        with Image.open(path) as image:
-            if self.mask_dir is None:
-                pixels, _ = self.transform(image)
-                return {"image": pixels, "labels": labels, "index": index}
-            object_map = self._object_map(path, target, (image.height, image.width))
-            pixels, out_map = self.transform(image, object_map)
+        image = read_image(path)  # uint8 [3, H, W]; JPEGs through torchvision.io
+        if self.mask_dir is None:
+            pixels, _ = self.transform(image)
+            return {"image": pixels, "labels": labels, "index": index}
+        object_map = self._object_map(path, target, (image.shape[1], image.shape[2]))
+        pixels, out_map = self.transform(image, object_map)
         assert out_map is not None  # a map in gives a map out
         size = self.image_size
         masks = torch.zeros((self.num_classes, size, size), dtype=torch.bool)

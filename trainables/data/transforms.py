@@ -65,12 +65,15 @@ class ImageMaskTransform:
         )
 
     def __call__(
-        self, image: Image.Image, label_map: Tensor | None = None
+        self, image: Image.Image | Tensor, label_map: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Transform an image and its label map with the same geometry.
 
         Args:
-            image: PIL image, any size; converted to RGB.
+            image: PIL image, any size, converted to RGB; or its pixels as a uint8 Tensor
+                [3, H, W] RGB (what :func:`trainables.data.decode.read_image` gives). Both give
+                the same output for the same pixels: the pipeline starts by making a uint8
+                tensor of a PIL image.
             label_map: integer Tensor [H, W] with the image's height and width (e.g. class
                 index per pixel), or None.
 
@@ -78,13 +81,23 @@ class ImageMaskTransform:
             ``image`` float32 [3, S, S] normalised and ``label_map`` [S, S] (same dtype as
             given, nearest-resampled) or None, with ``S = image_size``.
         """
-        rgb = image.convert("RGB")
+        rgb: Image.Image | tv_tensors.Image
+        if isinstance(image, Tensor):
+            if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    "image: must be a PIL image or a uint8 tensor [3, H, W], got a "
+                    f"{image.dtype} tensor of shape {tuple(image.shape)}"
+                )
+            rgb, size = tv_tensors.Image(image), (image.shape[1], image.shape[2])
+        else:
+            rgb = image.convert("RGB")
+            size = (rgb.height, rgb.width)
         if label_map is None:
             out = self._pipeline(rgb)
             return out.as_subclass(Tensor), None
-        if tuple(label_map.shape) != (rgb.height, rgb.width):
+        if tuple(label_map.shape) != size:
             raise ValueError(
-                f"label_map: must have the image's shape (H, W) = {(rgb.height, rgb.width)}, "
+                f"label_map: must have the image's shape (H, W) = {size}, "
                 f"got {tuple(label_map.shape)}"
             )
         out_image, out_map = self._pipeline(rgb, tv_tensors.Mask(label_map))

@@ -23,6 +23,11 @@ positive, so ``masks[c]`` non-empty implies ``labels[c] == 1``; segmented pixels
 without a positive label (e.g. difficult-only with the default) are dropped. A labelled class
 may still have an all-False mask (no segmented pixel of it, or all of it cropped away in
 training); attribution metrics yield NaN there and evaluation must skip such pairs.
+
+Images are decoded by :func:`trainables.data.decode.read_image` (JPEGs by
+``torchvision.io.decode_jpeg``, no PIL image in between) into uint8 [3, H, W] before the shared
+transform; a generated tree in this layout for tests and benchmarks is
+:func:`trainables.data.voc_tree.write_voc_tree`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from trainables.data._validation import (
     check_optional_bool,
     check_path,
 )
+from trainables.data.decode import read_image
 from trainables.data.sample import ImageDataset, Sample
 from trainables.data.transforms import DEFAULT_CROP_SCALE, ImageMaskTransform
 
@@ -157,13 +163,12 @@ class VOCMultiLabel(ImageDataset):
         index = check_index(index, len(self.ids))
         image_id = self.ids[index]
         labels = self.labels_of(index)
-        image_path = self.voc_dir / "JPEGImages" / f"{image_id}.jpg"
-        with _open_image(image_path) as image:
-            if not self.has_masks:
-                pixels, _ = self.transform(image)
-                return {"image": pixels, "labels": labels, "index": index}
-            class_map = self._class_map(image_id, (image.height, image.width))
-            pixels, out_map = self.transform(image, class_map)
+        image = _read_image(self.voc_dir / "JPEGImages" / f"{image_id}.jpg")  # uint8 [3, H, W]
+        if not self.has_masks:
+            pixels, _ = self.transform(image)
+            return {"image": pixels, "labels": labels, "index": index}
+        class_map = self._class_map(image_id, (image.shape[1], image.shape[2]))
+        pixels, out_map = self.transform(image, class_map)
         assert out_map is not None  # a map in gives a map out
         # Palette index k is class k - 1; comparing with 1..C leaves 0 and 255 in no class.
         class_ids = torch.arange(1, len(VOC_CLASSES) + 1, dtype=out_map.dtype).view(-1, 1, 1)
@@ -257,7 +262,8 @@ def _parse_objects(path: Path) -> list[tuple[str, bool]]:
     return objects
 
 
-def _open_image(path: Path) -> Image.Image:
+def _read_image(path: Path) -> Tensor:
+    """uint8 [3, H, W] RGB; JPEGs through torchvision.io (:mod:`trainables.data.decode`)."""
     if not path.is_file():
         raise FileNotFoundError(f"VOC image not found: {path}; {_LAYOUT}")
-    return Image.open(path)
+    return read_image(path)
