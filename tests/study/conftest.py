@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 
@@ -21,3 +24,17 @@ def _no_weights_download(
     monkeypatch.setattr("study.preflight.WEIGHTS_HOST", ("127.0.0.1", 1))
     for name in ("https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One local Ray for a module's studies (the runner leaves a Ray it did not start
+    running, so they share it) and a folder with an SQLite store: ``(tracking URI, folder)``."""
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    root = tmp_path_factory.mktemp("studies")
+    try:
+        yield f"sqlite:///{root}/mlflow.db", root
+    finally:
+        ray.shutdown()

@@ -8,7 +8,6 @@ preset's own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,19 +104,6 @@ def test_with_the_data_and_the_weights_in_place_each_validates(
 # -- shrunk end to end ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    import ray
-
-    # One local Ray for the three studies (the runner leaves a Ray it did not start running).
-    ray.init(include_dashboard=False, log_to_driver=False)
-    root = tmp_path_factory.mktemp("paper")
-    try:
-        yield f"sqlite:///{root}/mlflow.db", root
-    finally:
-        ray.shutdown()
-
-
 def _trials(uri: str, name: str) -> list[object]:
     from mlflow.tracking import MlflowClient
 
@@ -141,12 +127,12 @@ def test_a_shrunk_variant_runs_end_to_end_on_a_voc_tree(
     preset: str,
     settings: tuple[int, ...],
     extra: tuple[str, ...],
-    store: tuple[str, Path],
+    local_store: tuple[str, Path],
     voc2012_tree: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uri, root = store
+    uri, root = local_store
     monkeypatch.chdir(root)  # MLflow puts a new experiment's artifacts under ./mlruns
     name = preset.removesuffix(".yaml")
     enqueue = [yaml.safe_load((PRESETS_DIR / preset).read_text())["enqueue"][i] for i in settings]

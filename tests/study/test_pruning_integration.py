@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,9 @@ SIZE_METRICS = {"params", "nonzero_params", "model_bytes", "flops", "latency_ms"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    import ray
-
-    # One local Ray for both studies (the runner leaves a Ray it did not start running).
-    ray.init(include_dashboard=False, log_to_driver=False)
-    root = tmp_path_factory.mktemp("pruning")
-    try:
-        yield f"sqlite:///{root}/mlflow.db", root
-    finally:
-        ray.shutdown()
+def store(local_store: tuple[str, Path]) -> tuple[str, Path]:
+    """Both studies in one store, on one local Ray (tests/study/conftest.py)."""
+    return local_store
 
 
 def _run(store: tuple[str, Path], name: str, *overrides: str) -> None:

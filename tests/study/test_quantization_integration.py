@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,54 +15,47 @@ NAME = "quantized"
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def study(local_store: tuple[str, Path]) -> tuple[str, Path]:
     """A finished two-trial study (QAT with SSWA, static int8): its store URI and folder."""
-    import ray
-
-    root = tmp_path_factory.mktemp("quantization")
-    uri = f"sqlite:///{root}/mlflow.db"
-    ray.init(include_dashboard=False, log_to_driver=False)
-    try:
-        code = main(
-            [
-                "run",
-                "--name",
-                NAME,
-                "--trials",
-                "2",
-                "--tracking-uri",
-                uri,
-                "--storage",
-                str(root / "results"),
-                "--set",
-                "epochs=2",
-                "--set",
-                "dataset.train_size=32",
-                "--set",
-                "dataset.val_size=16",
-                "--set",
-                "dataset.image_size=32",
-                "--set",
-                "teacher.epochs=1",
-                "--set",
-                "training.batch_size=16",
-                "--set",
-                "max_concurrent=1",
-                "--set",
-                "method=quantization",
-                "--set",
-                "search_space=quantization",
-                "--set",
-                "objectives={map: max, model_bytes: min, latency_ms: min}",
-                "--set",
-                "enqueue=[{mode: qat_int8, matching: sswa, beta: 1.0, drop_p: 0.3}, "
-                "{mode: static_int8, calibration_size: 32, observer: minmax}]",
-            ]
-        )
-        assert code == 0
-        yield uri, root
-    finally:
-        ray.shutdown()
+    uri, root = local_store
+    code = main(
+        [
+            "run",
+            "--name",
+            NAME,
+            "--trials",
+            "2",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(root / "results"),
+            "--set",
+            "epochs=2",
+            "--set",
+            "dataset.train_size=32",
+            "--set",
+            "dataset.val_size=16",
+            "--set",
+            "dataset.image_size=32",
+            "--set",
+            "teacher.epochs=1",
+            "--set",
+            "training.batch_size=16",
+            "--set",
+            "max_concurrent=1",
+            "--set",
+            "method=quantization",
+            "--set",
+            "search_space=quantization",
+            "--set",
+            "objectives={map: max, model_bytes: min, latency_ms: min}",
+            "--set",
+            "enqueue=[{mode: qat_int8, matching: sswa, beta: 1.0, drop_p: 0.3}, "
+            "{mode: static_int8, calibration_size: 32, observer: minmax}]",
+        ]
+    )
+    assert code == 0
+    return uri, root
 
 
 def _trials(uri: str) -> dict[str, Any]:
