@@ -12,9 +12,10 @@ back with its state) and keeps logging into the same runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,8 +286,6 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
     Raises:
         LifecycleError: the name is taken (:func:`run_problems`) or another driver holds it.
     """
-    import ray
-
     started = time.monotonic()
     _driver_environment()
     storage, local, experiment, spool = _experiment(spec)
@@ -303,11 +302,10 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
             spec.tracking_uri, name=spec.name, objectives=spec.objectives, spool=spool
         )
         tracker.start_study(spec, spec_text, effective_text or spec_text)
-        started_ray = False
-        try:
+        with _driving(spec, tracker) as start_ray:
             teacher, teacher_seconds, setup = _prepare(spec, local)
             teacher_run = _log_teacher(tracker, spec, teacher)
-            started_ray, ray_init_seconds = _start_ray(spec)
+            ray_init_seconds = start_ray()
             callback = tune_callback(
                 tracker,
                 method=spec.method,
@@ -323,12 +321,31 @@ def run_study(spec: Spec, *, spec_text: str, effective_text: str = "") -> StudyO
                 teacher_seconds=teacher_seconds,
                 ray_init_seconds=ray_init_seconds,
             )
-        except BaseException:
-            tracker.close(status="FAILED", timeout_s=10.0)
-            raise
-        finally:
-            if started_ray:
-                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _driving(spec: Spec, tracker: StudyTracker) -> Iterator[Callable[[], float]]:
+    """The driver's hold on a study it runs or resumes: yields ``start_ray()`` (Ray for
+    ``spec``, or the cluster it names; returns the seconds it took). Whatever escapes marks the
+    study run FAILED (its queued records spooled within 10 s); a Ray this driver started is
+    shut down however the block ends."""
+    started_ray = False
+
+    def start_ray() -> float:
+        nonlocal started_ray
+        started_ray, seconds = _start_ray(spec)
+        return seconds
+
+    try:
+        yield start_ray
+    except BaseException:
+        tracker.close(status="FAILED", timeout_s=10.0)
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
 
 
 def load_study_spec(name: str, *, tracking_uri: str) -> tuple[Spec, str]:
@@ -454,7 +471,6 @@ def _require_tune_state(spec: Spec, experiment: str) -> None:
 def _resume_locked(
     spec: Spec, parent: str, *, experiment: str, local: Path, spool: Path, started: float
 ) -> StudyOutcome:
-    import ray
     from ray import tune
 
     _require_tune_state(spec, experiment)
@@ -467,14 +483,13 @@ def _resume_locked(
     replayed = tracker.attach(parent)
     if replayed:
         print(f"apc resume: delivering {replayed} MLflow records kept from before")
-    started_ray = False
-    try:
+    with _driving(spec, tracker) as start_ray:
         teacher, teacher_seconds, setup = _prepare(spec, local)
         teacher_run = tracker.teacher_run()
         if teacher_run is None:  # the driver died during the teacher stage
             teacher_run = _log_teacher(tracker, spec, teacher)
         tracker.backfill(trials, method=spec.method, teacher_run_id=teacher_run)
-        started_ray, ray_init_seconds = _start_ray(spec)
+        ray_init_seconds = start_ray()
         tuner = tune.Tuner.restore(
             experiment,
             trainable=_trainable(spec, setup, teacher),
@@ -490,9 +505,3 @@ def _resume_locked(
             teacher_seconds=teacher_seconds,
             ray_init_seconds=ray_init_seconds,
         )
-    except BaseException:
-        tracker.close(status="FAILED", timeout_s=10.0)
-        raise
-    finally:
-        if started_ray:
-            ray.shutdown()
