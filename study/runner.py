@@ -179,8 +179,17 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
     from ray import tune
 
     searcher = build_searcher(spec)
-    scheduler = None
-    if spec.scheduler is not None:
+    scheduler: Any = None
+    if spec.scheduler is not None and spec.scheduler.name == "mo_asha":
+        from study.schedulers import MultiObjectiveASHA
+
+        scheduler = MultiObjectiveASHA(
+            objectives=spec.objectives,
+            max_t=spec.epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    elif spec.scheduler is not None:
         scheduler = tune.schedulers.ASHAScheduler(
             metric=spec.scheduler.metric,
             mode=spec.scheduler.mode,

@@ -213,7 +213,11 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    name: Literal["asha"] = "asha"
+    """``scheduler:``: ``asha`` stops trials on one ``metric`` (Ray's ASHA); ``mo_asha`` on
+    every objective (:class:`study.schedulers.MultiObjectiveASHA`), so it takes no ``metric``
+    or ``mode`` (they keep their defaults, unused)."""
+
+    name: Literal["asha", "mo_asha"] = "asha"
     metric: str = "map"
     mode: Literal["min", "max"] = "max"
     grace_period: int = 1
@@ -554,9 +558,24 @@ def _scheduler(data: object, problems: list[str]) -> SchedulerSpec | None:
         return None
     keys = ("name", "metric", "mode", "grace_period", "reduction_factor")
     s = _Section(data, "scheduler", problems, keys)
+    name = s.get("name", "asha", _choice(("asha", "mo_asha")))
+    if name == "mo_asha":
+        # It ranks by all of the study's objectives: a metric of its own would be ignored,
+        # and a spec that names one most likely means something else.
+        for key in ("metric", "mode"):
+            if key in s.data:
+                problems.append(
+                    f"scheduler.{key}: must be absent for mo_asha (it ranks by every "
+                    f"objective), got {s.data[key]!r}"
+                )
+        return SchedulerSpec(
+            name=name,
+            grace_period=s.get("grace_period", 1, _integer(1, MAX_EPOCHS)),
+            reduction_factor=s.get("reduction_factor", 3.0, _number(1, math.inf, low_open=True)),
+        )
     metric = s.get("metric", "map", _choice(tuple(METRICS)))
     return SchedulerSpec(
-        name=s.get("name", "asha", _choice(("asha",))),
+        name=name,
         metric=metric,
         mode=s.get("mode", METRICS[metric][0], _choice(("min", "max"))),
         grace_period=s.get("grace_period", 1, _integer(1, MAX_EPOCHS)),
@@ -618,7 +637,15 @@ def _method_metric_problems(
                 f"objectives.{name}: needs {owners[name]!r} in evaluation.attribution_methods, "
                 f"got {list(evaluation.attribution_methods)}"
             )
-    if scheduler is not None and scheduler.metric in owners:
+    if scheduler is not None and scheduler.name == "mo_asha":
+        # Its rungs compare every objective at intermediate epochs.
+        problems.extend(
+            f"objectives.{name}: must be measured every epoch for scheduler mo_asha; {name} is "
+            f"measured with a trial's last epoch only, got {name!r}"
+            for name in objectives
+            if name in owners
+        )
+    elif scheduler is not None and scheduler.metric in owners:
         problems.append(
             f"scheduler.metric: must be measured every epoch; {scheduler.metric} is measured "
             f"with a trial's last epoch only, got {scheduler.metric!r}"
