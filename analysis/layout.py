@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 from trainables.artifact_names import (
+    DRAWN_ARTIFACTS,
     MAPS_FILE,
     MODEL_FILE,
     OVERLAY_FILE,
@@ -40,6 +41,7 @@ __all__ = [
     "COLUMN_KIND_KEY",
     "COLUMN_NAME_KEY",
     "DEFAULT_OBJECTIVES",
+    "DRAWN_ARTIFACTS",
     "EFFECTIVE_SPEC_FILE",
     "ENQUEUE_PARAM",
     "FAILURE_TAG",
@@ -211,8 +213,10 @@ REPORT_DIR: Final = "report"
 
 
 def trial_artifact(name: str) -> str:
-    """A trial run's artifact path of its checkpoint file ``name`` (:data:`TRIAL_ARTIFACTS`)."""
-    return f"{TRIAL_ARTIFACTS[name]}/{name}"
+    """A trial run's artifact path of its checkpoint file ``name`` (:data:`TRIAL_ARTIFACTS`) or
+    of a file the driver draws from one (:data:`DRAWN_ARTIFACTS`)."""
+    folder = TRIAL_ARTIFACTS[name] if name in TRIAL_ARTIFACTS else DRAWN_ARTIFACTS[name]
+    return f"{folder}/{name}"
 
 
 #: The compressed model of a trial run (``torch.export.load(path).module()`` loads it).

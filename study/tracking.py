@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from analysis.layout import (
+    DRAWN_ARTIFACTS,
     EFFECTIVE_SPEC_FILE,
     FAILURE_TAG,
+    MAPS_FILE,
     NODES_TAG,
     ORPHAN_TAG,
+    OVERLAY_FILE,
     PARENT_TAG,
     REPEATED_TAG,
     ROLE_TAG,
@@ -274,12 +277,14 @@ class StudyTracker:
         Trials write them with their last epoch (:data:`trainables.trial_artifacts.
         TRIAL_ARTIFACTS`: the compressed model as ``model/model.pt2``, which
         ``torch.export.load(path).module()`` loads; per-sample results as
-        ``evaluation/per_sample.parquet``; attribution overlays under ``attributions/``).
+        ``evaluation/per_sample.parquet``; attribution maps under ``attributions/``, with the
+        overlay drawn from them here).
         Each file is copied next to the spool first, so it outlives Tune's checkpoint clean-up.
         """
         if checkpoint is None:
             return
         kept_dir = self._queue.spool.parent / "pending-artifacts" / trial_id
+        kept_files: dict[str, Path] = {}
         with checkpoint.as_directory() as folder:
             for name, artifact_dir in TRIAL_ARTIFACTS.items():
                 path = Path(folder) / name
@@ -288,9 +293,18 @@ class StudyTracker:
                 kept = kept_dir / artifact_dir / name
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, kept)
+                kept_files[name] = kept
                 self._queue.put(
                     {"op": "artifact", "trial": trial_id, "path": str(kept), "dir": artifact_dir}
                 )
+        if MAPS_FILE in kept_files:
+            from analysis.report.plots import draw_trial_overlay
+
+            overlay_dir = DRAWN_ARTIFACTS[OVERLAY_FILE]
+            drawn = draw_trial_overlay(kept_files[MAPS_FILE], kept_dir / overlay_dir / OVERLAY_FILE)
+            self._queue.put(
+                {"op": "artifact", "trial": trial_id, "path": str(drawn), "dir": overlay_dir}
+            )
 
     def trial_ended(self, trial_id: str, *, status: RunStatus, reason: str = "") -> None:
         """End the trial's run: FINISHED, FAILED (``reason`` tagged) or KILLED (stopped early

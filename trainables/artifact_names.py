@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MAPS_FILE", "MODEL_FILE", "OVERLAY_FILE", "PER_SAMPLE_FILE", "TRIAL_ARTIFACTS"]
+__all__ = [
+    "DRAWN_ARTIFACTS",
+    "MAPS_FILE",
+    "MODEL_FILE",
+    "OVERLAY_FILE",
+    "PER_SAMPLE_FILE",
+    "TRIAL_ARTIFACTS",
+]
 
 #: The exported compressed model (``torch.export.load(path).module()`` loads it).
 MODEL_FILE: Final = "model.pt2"
@@ -24,5 +31,7 @@ TRIAL_ARTIFACTS: Final[dict[str, str]] = {
     MODEL_FILE: "model",
     PER_SAMPLE_FILE: "evaluation",
     MAPS_FILE: "attributions",
-    OVERLAY_FILE: "attributions",
 }
+#: Files the driver draws when it logs a trial's checkpoint files (drawing is analysis's, which
+#: a trial may not import) -> their MLflow folder: the overlay is drawn from MAPS_FILE.
+DRAWN_ARTIFACTS: Final[dict[str, str]] = {OVERLAY_FILE: "attributions"}

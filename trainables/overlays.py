@@ -3,18 +3,14 @@
 A trial keeps, with its last epoch, the Grad-CAM maps of its compressed model and of the teacher
 on the first ``count`` images of the evaluation split, for the teacher's top-1 class of each
 image (the class SWA matches, so every trial of a study explains the same class of the same
-image). They are saved as one ``.npz`` (:data:`MAPS_FILE`) and drawn as one PNG grid
-(:data:`OVERLAY_FILE`); ``apc report`` puts the maps of several trials side by side with
-:func:`draw_overlays` too (``analysis.report.plots.overlay_info`` chooses the columns,
-``draw_overlay_grid`` hands them here). The drawing lives here, not in ``analysis``, because a
-trial draws its own PNG and ``trainables`` may not import ``analysis``; one function draws both.
-
-Drawing uses matplotlib's object API on the Agg canvas, imported when a figure is drawn.
+image). They are saved as one ``.npz`` (:data:`MAPS_FILE`); what is drawn from them is
+analysis's: :func:`analysis.report.plots.draw_overlays` draws a trial's teacher-vs-student grid
+(:data:`OVERLAY_FILE`, drawn by the driver when it logs the maps) and ``apc report``'s grid of
+several trials.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +20,14 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from trainables.artifact_names import MAPS_FILE, OVERLAY_FILE
+from trainables.artifact_names import MAPS_FILE
 from trainables.data import denormalize
 from trainables.models import eval_mode
 
 __all__ = [
     "MAPS_FILE",
-    "OVERLAY_FILE",
     "OverlayMaps",
     "capture_overlay_maps",
-    "draw_overlays",
     "load_overlay_maps",
     "save_overlay_maps",
 ]
@@ -144,62 +138,3 @@ def load_overlay_maps(path: str | Path) -> OverlayMaps:
             teacher=data["teacher"].astype(np.float32),
             student=data["student"].astype(np.float32),
         )
-
-
-def _class_name(maps: OverlayMaps, image: int) -> str:
-    target = int(maps.targets[image])
-    if 0 <= target < len(maps.class_names):
-        return maps.class_names[target]
-    return f"class {target}"
-
-
-def draw_overlays(
-    images: OverlayMaps,
-    columns: Sequence[tuple[str, npt.NDArray[np.float32]]],
-    path: str | Path,
-    *,
-    title: str = "",
-) -> Path:
-    """One PNG: a row per image; the image, then each labelled map laid over it.
-
-    Args:
-        images: where the images, their classes and indices come from.
-        columns: (label, maps [N, H, W] in [0, 1]) per column, e.g. ``("teacher", ...)``; every
-            maps array holds the same images as ``images``.
-        path: the PNG to write.
-        title: the figure's title.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = images.images.shape[0]
-    for label, maps in columns:
-        if maps.shape[0] != rows:
-            raise ValueError(
-                f"columns: {label!r} must hold maps of the {rows} images, got {maps.shape[0]}"
-            )
-    width = 1 + len(columns)
-    figure = Figure(figsize=(1.9 * width, 1.9 * rows + (0.5 if title else 0.2)))
-    FigureCanvasAgg(figure)
-    grid = figure.subplots(rows, width, squeeze=False)
-    for row in range(rows):
-        picture = images.images[row]
-        cells: list[tuple[str, npt.NDArray[np.float32] | None]] = [("image", None), *columns]
-        for column, (label, shown) in enumerate(cells):
-            axes = grid[row][column]
-            axes.imshow(picture)
-            if shown is not None:
-                axes.imshow(shown[row], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-            axes.set_xticks([])
-            axes.set_yticks([])
-            if row == 0:
-                axes.set_title(label, fontsize=9)
-        grid[row][0].set_ylabel(
-            f"#{int(images.indices[row])}: {_class_name(images, row)}", fontsize=8
-        )
-    if title:
-        figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=80)
-    return target

@@ -7,8 +7,9 @@ folder (the driver logs each file to the trial's MLflow run, :data:`TRIAL_ARTIFA
 - ``per_sample.parquet``: one row per evaluation image (:data:`trainables.evaluation.
   PER_SAMPLE_COLUMNS`, predicted class sets as lists of class indices), the input of PIE
   analysis (:mod:`analysis.pies`);
-- ``attribution_maps.npz`` and ``attribution_overlay.png``: teacher-vs-student Grad-CAM maps of
-  the first evaluation images (:mod:`trainables.overlays`);
+- ``attribution_maps.npz``: teacher-vs-student Grad-CAM maps of the first evaluation images
+  (:mod:`trainables.overlays`; the driver draws them as ``attribution_overlay.png`` when it logs
+  them);
 - the further attribution methods' metrics (``attr_auc_lrp``...), returned to be reported with
   the last epoch: they cost a forward and backward pass per (image, class) pair, so they are
   measured once per trial, not every epoch.
@@ -31,14 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainables.artifact_names import MAPS_FILE, OVERLAY_FILE, PER_SAMPLE_FILE, TRIAL_ARTIFACTS
+from trainables.artifact_names import MAPS_FILE, PER_SAMPLE_FILE, TRIAL_ARTIFACTS
 from trainables.evaluation import evaluate
 from trainables.evaluation_protocol import GradCamLayer, grad_cam_view
-from trainables.overlays import (
-    capture_overlay_maps,
-    draw_overlays,
-    save_overlay_maps,
-)
+from trainables.overlays import capture_overlay_maps, save_overlay_maps
 
 __all__ = [
     "PER_SAMPLE_FILE",
@@ -155,10 +152,4 @@ def write_final_artifacts(
             device=device,
         )
         save_overlay_maps(maps, target / MAPS_FILE)
-        draw_overlays(
-            maps,
-            [("teacher", maps.teacher), ("compressed", maps.student)],
-            target / OVERLAY_FILE,
-            title="Grad-CAM, teacher's top-1 class",
-        )
     return metrics

@@ -15,9 +15,9 @@ matplotlib, so the numbers of a plot are tested from hand-built tables.
   FINISHED trials against ``beta`` (log axis), one series per matching kind (and method); the
   table's naive rows and the teacher as lines.
 - :func:`overlay_info` / :func:`draw_overlay_grid`: the teacher's and every trial row's
-  Grad-CAM on the same evaluation images. The grid itself is drawn by
-  :func:`trainables.overlays.draw_overlays`, the one drawing of overlay maps: a trial draws its
-  own teacher-vs-student PNG with it, and ``trainables`` may not import ``analysis``.
+  Grad-CAM on the same evaluation images, drawn by :func:`draw_overlays`, the one drawing of
+  overlay maps (:func:`draw_trial_overlay` draws a trial's own teacher-vs-student grid from its
+  saved maps; the driver calls it when it logs them).
 
 ``plot_pareto_matrix``, ``plot_hypervolume`` and ``plot_metrics_vs_beta`` do both steps and
 write a PNG. Plots use matplotlib's object API on the Agg canvas (never pyplot, never a
@@ -61,7 +61,9 @@ __all__ = [
     "draw_hypervolume",
     "draw_metrics_vs_beta",
     "draw_overlay_grid",
+    "draw_overlays",
     "draw_pareto_matrix",
+    "draw_trial_overlay",
     "hypervolume_info",
     "metrics_vs_beta_info",
     "overlay_info",
@@ -626,7 +628,77 @@ def overlay_info(rows: Sequence[ReportRow], maps: Mapping[str, OverlayMaps]) -> 
 
 
 def draw_overlay_grid(info: OverlayInfo, path: Path, *, title: str) -> Path:
-    """``info`` as one PNG, a row per image, with :func:`trainables.overlays.draw_overlays`."""
-    from trainables.overlays import draw_overlays  # torch: imported when drawn
-
+    """``info`` as one PNG, a row per image, with :func:`draw_overlays`."""
     return draw_overlays(info.base, list(info.columns), path, title=title)
+
+
+def draw_trial_overlay(maps_path: Path, path: Path) -> Path:
+    """A trial's teacher-vs-student grid (``attribution_overlay.png``) from its saved maps."""
+    from trainables.overlays import load_overlay_maps  # torch: imported when drawn
+
+    maps = load_overlay_maps(maps_path)
+    return draw_overlays(
+        maps,
+        [("teacher", maps.teacher), ("compressed", maps.student)],
+        path,
+        title="Grad-CAM, teacher's top-1 class",
+    )
+
+
+def _class_name(maps: OverlayMaps, image: int) -> str:
+    target = int(maps.targets[image])
+    if 0 <= target < len(maps.class_names):
+        return maps.class_names[target]
+    return f"class {target}"
+
+
+def draw_overlays(
+    images: OverlayMaps,
+    columns: Sequence[tuple[str, npt.NDArray[np.float32]]],
+    path: Path,
+    *,
+    title: str = "",
+) -> Path:
+    """One PNG: a row per image; the image, then each labelled map laid over it.
+
+    Args:
+        images: where the images, their classes and indices come from.
+        columns: (label, maps [N, H, W] in [0, 1]) per column, e.g. ``("teacher", ...)``; every
+            maps array holds the same images as ``images``.
+        path: the PNG to write.
+        title: the figure's title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = images.images.shape[0]
+    for label, maps in columns:
+        if maps.shape[0] != rows:
+            raise ValueError(
+                f"columns: {label!r} must hold maps of the {rows} images, got {maps.shape[0]}"
+            )
+    width = 1 + len(columns)
+    figure = Figure(figsize=(1.9 * width, 1.9 * rows + (0.5 if title else 0.2)))
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(rows, width, squeeze=False)
+    for row in range(rows):
+        picture = images.images[row]
+        cells: list[tuple[str, npt.NDArray[np.float32] | None]] = [("image", None), *columns]
+        for column, (label, shown) in enumerate(cells):
+            axes = grid[row][column]
+            axes.imshow(picture)
+            if shown is not None:
+                axes.imshow(shown[row], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if row == 0:
+                axes.set_title(label, fontsize=9)
+        grid[row][0].set_ylabel(
+            f"#{int(images.indices[row])}: {_class_name(images, row)}", fontsize=8
+        )
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    target = Path(path)
+    figure.savefig(target, dpi=80)
+    return target

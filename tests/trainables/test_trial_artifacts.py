@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from analysis.report.plots import draw_overlays, draw_trial_overlay
 from trainables.attribution_methods import grad_cam_map
 from trainables.data import ShapesDataset
 from trainables.evaluation import evaluate
@@ -19,7 +20,6 @@ from trainables.models import build_model
 from trainables.overlays import (
     OverlayMaps,
     capture_overlay_maps,
-    draw_overlays,
     load_overlay_maps,
     save_overlay_maps,
 )
@@ -94,6 +94,8 @@ def test_overlay_maps_explain_the_teachers_top1_class(dataset, tmp_path: Path) -
         title="t",
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trial_png = draw_trial_overlay(tmp_path / "maps.npz", tmp_path / "trial.png")
+    assert trial_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_draw_overlays_refuses_maps_of_other_images(dataset, tmp_path: Path) -> None:
