@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ResumeError",
     "StudyOutcome",
+    "build_scheduler",
+    "build_searcher",
     "effective_spec_text",
     "resume_study",
     "run_problems",
@@ -175,33 +177,39 @@ def build_searcher(spec: Spec) -> DistinctOptunaSearch:
     )
 
 
-def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
-    from ray import tune
-
-    searcher = build_searcher(spec)
-    scheduler: Any = None
-    if spec.scheduler is not None and spec.scheduler.name == "mo_asha":
+def build_scheduler(spec: Spec) -> Any:
+    """The study's trial scheduler: None (every trial runs its epochs), Ray's ASHA on
+    ``scheduler.metric``, or :class:`study.schedulers.MultiObjectiveASHA` (``mo_asha``)."""
+    if spec.scheduler is None:
+        return None
+    if spec.scheduler.name == "mo_asha":
         from study.schedulers import MultiObjectiveASHA
 
-        scheduler = MultiObjectiveASHA(
+        return MultiObjectiveASHA(
             objectives=spec.objectives,
             max_t=spec.epochs,
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    elif spec.scheduler is not None:
-        scheduler = tune.schedulers.ASHAScheduler(
-            metric=spec.scheduler.metric,
-            mode=spec.scheduler.mode,
-            max_t=spec.epochs,
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-        )
+    from ray import tune
+
+    return tune.schedulers.ASHAScheduler(
+        metric=spec.scheduler.metric,
+        mode=spec.scheduler.mode,
+        max_t=spec.epochs,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
+    from ray import tune
+
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
+            search_alg=build_searcher(spec),
+            scheduler=build_scheduler(spec),
             num_samples=spec.trials,
             max_concurrent_trials=spec.max_concurrent,
             # A fresh actor per trial re-imports torch, Ray and apc (about 6 s each).
