@@ -180,8 +180,9 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
 
     searcher = build_searcher(spec)
     scheduler: Any = None
+    callbacks = [callback]
     if spec.scheduler is not None and spec.scheduler.name == "mo_asha":
-        from study.schedulers import MultiObjectiveASHA
+        from study.schedulers import MultiObjectiveASHA, SchedulerSnapshot
 
         scheduler = MultiObjectiveASHA(
             objectives=spec.objectives,
@@ -189,6 +190,8 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
+        # Tune snapshots callbacks, not schedulers: the rungs survive `apc resume` this way.
+        callbacks.append(SchedulerSnapshot(scheduler))
     elif spec.scheduler is not None:
         scheduler = tune.schedulers.ASHAScheduler(
             metric=spec.scheduler.metric,
@@ -210,7 +213,7 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=storage,
-            callbacks=[callback],
+            callbacks=callbacks,
             # A trial whose worker or node dies restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=2),
             # Two, not one: a killed driver's last snapshot of the experiment may name the
