@@ -205,11 +205,18 @@ def build_scheduler(spec: Spec) -> Any:
 def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
     from ray import tune
 
+    from study.schedulers import MultiObjectiveASHA, SchedulerSnapshot
+
+    scheduler = build_scheduler(spec)
+    callbacks = [callback]
+    if isinstance(scheduler, MultiObjectiveASHA):
+        # Tune snapshots callbacks, not schedulers: the rungs survive `apc resume` this way.
+        callbacks.append(SchedulerSnapshot(scheduler))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(spec),
-            scheduler=build_scheduler(spec),
+            scheduler=scheduler,
             num_samples=spec.trials,
             max_concurrent_trials=spec.max_concurrent,
             # A fresh actor per trial re-imports torch, Ray and apc (about 6 s each).
@@ -218,7 +225,7 @@ def _tuner(spec: Spec, trainable: Any, storage: str, callback: Any) -> Any:
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=storage,
-            callbacks=[callback],
+            callbacks=callbacks,
             # A trial whose worker or node dies restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=2),
             # Two, not one: a killed driver's last snapshot of the experiment may name the

@@ -29,7 +29,17 @@ A trial that fails keeps its records at the rungs it reached: they were measured
 trials after it are compared with what the rung has seen, as in ASHA (whose records are never
 removed either). The decisions are pure functions (:func:`rank_at_rung`, :func:`promotes`,
 :func:`rung_milestones`); the scheduler's state is plain data (floats in dicts keyed by trial
-id), so Tune's experiment snapshot pickles it and a resumed study decides as before.
+id, :meth:`MultiObjectiveASHA.get_state`).
+
+Resuming: Ray Tune 2.60 does not snapshot a scheduler. ``TuneController.save_to_dir`` leaves
+``_scheduler_alg`` out of its state and never calls ``TrialScheduler.save``; ``Tuner.restore``
+brings back the scheduler pickled in ``tuner.pkl`` when the Tuner was built, i.e. with empty
+rungs, and every trial after a resume would be judged against nobody (always promoted).
+Tune does snapshot its callbacks (``get_state``, in ``callback-states-*.pkl`` beside the
+searcher's state, restored before the trials are requeued), so :class:`SchedulerSnapshot`, a
+callback holding the scheduler, carries the rungs through that file: ``tuner.pkl`` pickles the
+TuneConfig and the RunConfig together, so the restored callback and the restored scheduler are
+one object again.
 
 What a stop means downstream does not depend on this class: :class:`study.search.NanSafeSearcher`
 tells Optuna PRUNED and :func:`study.tracking.make_callback` ends the MLflow run KILLED with
@@ -42,6 +52,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from ray.tune import Callback
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 if TYPE_CHECKING:
@@ -51,6 +62,7 @@ __all__ = [
     "TIME_ATTR",
     "Direction",
     "MultiObjectiveASHA",
+    "SchedulerSnapshot",
     "promotes",
     "rank_at_rung",
     "rung_milestones",
@@ -295,14 +307,59 @@ class MultiObjectiveASHA(FIFOScheduler):
         )
         return f"Using MultiObjectiveASHA: num_stopped={self._num_stopped}\n{rungs}"
 
+    def get_state(self) -> dict[str, Any]:
+        """The decisions' state as plain data, with the settings it is valid for."""
+        return {
+            "objectives": dict(self._objectives),
+            "milestones": self._milestones,
+            "rungs": [dict(rung) for rung in self._rungs],
+            "num_stopped": self._num_stopped,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`get_state`'s ``state``.
+
+        Raises:
+            ValueError: ``state`` was saved by a scheduler with other objectives or rungs
+                (its records would be compared with vectors of another meaning).
+        """
+        for key, mine in (("objectives", self._objectives), ("milestones", self._milestones)):
+            theirs = state.get(key)
+            if theirs != mine:
+                raise ValueError(
+                    f"{key}: the saved scheduler state is for {theirs!r}, this scheduler has "
+                    f"{mine!r}"
+                )
+        self._rungs = [dict(rung) for rung in state["rungs"]]
+        self._num_stopped = int(state["num_stopped"])
+
+    # TrialScheduler's checkpoint API (Ray 2.60's TuneController never calls it; see
+    # SchedulerSnapshot for what a resumed study uses).
     def save(self, checkpoint_path: str) -> None:
         import pickle
 
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
+            pickle.dump(self.get_state(), file)
 
     def restore(self, checkpoint_path: str) -> None:
         import pickle
 
         with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+            self.set_state(pickle.load(file))
+
+
+class SchedulerSnapshot(Callback):
+    """Carries a :class:`MultiObjectiveASHA`'s state through Tune's experiment snapshots.
+
+    Put it in ``RunConfig.callbacks`` of the Tuner whose ``TuneConfig.scheduler`` is
+    ``scheduler`` (see the module's docstring for why a callback does it).
+    """
+
+    def __init__(self, scheduler: MultiObjectiveASHA) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any]:
+        return {"mo_asha": self.scheduler.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.set_state(state["mo_asha"])

@@ -68,6 +68,7 @@ __all__ = [
     "MAX_CONCURRENT",
     "MAX_DATASET_SIZE",
     "MAX_EPOCHS",
+    "MAX_GRAD_CLIP",
     "MAX_IMAGE_SIZE",
     "MAX_NUM_WORKERS",
     "MAX_OVERLAY_IMAGES",
@@ -118,6 +119,8 @@ MAX_IMAGE_SIZE: Final = 4096
 MAX_DATASET_SIZE: Final = 10_000_000
 #: ``training.batch_size``: at most.
 MAX_BATCH_SIZE: Final = 65_536
+#: ``training.grad_clip``: at most (0 turns clipping off; larger is no bound in practice).
+MAX_GRAD_CLIP: Final = 1e6
 #: ``training.num_workers``: at most (data loader processes a trial).
 MAX_NUM_WORKERS: Final = 256
 #: ``evaluation.overlay_images``: at most.
@@ -537,6 +540,7 @@ def _training(data: object, problems: list[str]) -> TrainingSpec:
             weight_decay=s.get("weight_decay", o.weight_decay, _number(0, math.inf)),
             kd_temperature=s.get("kd_temperature", o.kd_temperature, positive),
             kd_alpha=s.get("kd_alpha", o.kd_alpha, _number(0, 1)),
+            grad_clip=s.get("grad_clip", o.grad_clip, _number(0, MAX_GRAD_CLIP)),
         ),
         accelerator=AcceleratorOptions(
             precision=s.get("precision", a.precision, _choice(PRECISIONS)),

@@ -10,6 +10,7 @@ import pytest
 
 from study.plan import trial_setup
 from study.spec import MAX_NUM_WORKERS, SpecError, parse_spec
+from trainables.loop import Optimization
 from trainables.precision import MAX_AUTO_WORKERS, PRECISIONS, AcceleratorOptions
 from trainables.trial import loop_config
 
@@ -144,3 +145,18 @@ def test_fractional_gpus_are_accepted_and_reach_ray_as_given(gpu: float) -> None
     trainable = _trainable(spec, trial_setup(spec, num_classes=3), teacher)
     # Ray's placement request for each trial: one bundle with the spec's CPUs and GPU share.
     assert trainable._resources.required_resources == {"CPU": 2.0, "GPU": gpu}
+
+
+@pytest.mark.parametrize("value", [-1, float("inf"), "x", 2e6])
+def test_grad_clip_is_a_bounded_number(value: object) -> None:
+    with pytest.raises(SpecError) as error:
+        parse_spec({"name": "s", "training": {"grad_clip": value}})
+    assert error.value.problems == [
+        f"training.grad_clip: must be a number in [0, 1e+06], got {value!r}"
+    ]
+
+
+def test_grad_clip_defaults_to_the_loops_and_0_turns_it_off() -> None:
+    assert parse_spec({"name": "s"}).training.optimization.grad_clip == Optimization().grad_clip
+    spec = parse_spec({"name": "s", "training": {"grad_clip": 0}})
+    assert spec.training.optimization.grad_clip == 0

@@ -165,3 +165,46 @@ def test_reports_carry_train_and_eval_seconds() -> None:
     for metrics in reports:
         assert metrics["time_train_s"] > 0
         assert metrics["time_eval_s"] >= 0.05
+
+
+def _step_gradient_norms(grad_clip: float, *, beta: float = 20.0) -> list[float]:
+    """The L2 norm of all the student's gradients as each optimiser step used them (read in
+    ``after_step``: the loop zeroes gradients only before the next backward)."""
+    torch.manual_seed(0)
+    teacher, student = _models()
+    norms: list[float] = []
+
+    def record(model: nn.Module) -> None:
+        grads = [p.grad.detach().flatten() for p in model.parameters() if p.grad is not None]
+        norms.append(float(torch.cat(grads).norm()))
+
+    train_student(
+        student,
+        teacher,
+        _loader(),
+        config=LoopConfig(
+            epochs=1, optimization=Optimization(lr=0.01, grad_clip=grad_clip), beta=beta
+        ),
+        matching=MatchingConfig(kind="swa"),
+        evaluate=_no_eval,
+        report=lambda e, m, s: None,
+        hooks=CompressionHooks(after_step=record),
+    )
+    return norms
+
+
+def test_grad_clip_bounds_the_norm_of_every_step() -> None:
+    free = _step_gradient_norms(0.0)
+    assert len(free) == 3
+    clip = min(free) / 2  # below every unclipped step: each one is clipped
+    clipped = _step_gradient_norms(clip)
+    assert len(clipped) == 3
+    assert clipped == pytest.approx([clip] * 3, rel=1e-4)
+    # The first step's gradient is the same before clipping (same weights, same batch), so
+    # clipping rescaled it, nothing else: its norm went from free[0] to clip.
+    assert free[0] > clip
+
+
+def test_grad_clip_leaves_a_gradient_below_the_bound_alone() -> None:
+    free = _step_gradient_norms(0.0)
+    assert _step_gradient_norms(max(free) * 2) == pytest.approx(free, rel=1e-6)
