@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--mark",
         action="store_true",
-        help="tag the study's trial runs with this front (apc.pareto = true and their rank on "
-        "it, false off it) and say so in the study run's description; one NAME only",
+        help="tag the study's trial runs on or off this front (with their rank on it) so the "
+        "MLflow UI can list it, and say so in the study run's description; one NAME only",
     )
     command.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
     command.set_defaults(handler=pareto.pareto)

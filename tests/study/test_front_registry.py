@@ -167,7 +167,7 @@ def test_apc_report_logs_an_html_page_with_its_tables_and_plots_inline(
 
 
 def _doc_lines() -> str:
-    text = (ROOT / "docs" / "design.md").read_text()
+    text = (ROOT / "docs/design.md").read_text()
     section = text[text.index("### Registered front models") :]
     block = re.search(r"```python\n(.*?)```", section, re.S)
     assert block is not None
