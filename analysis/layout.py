@@ -14,7 +14,11 @@ cannot drift apart:
 - a trial's params (:func:`trial_params`) and artifacts (:data:`TRIAL_ARTIFACTS`, paths such as
   :data:`PER_SAMPLE_ARTIFACT`), and the tags the driver adds when something went other than
   planned (:data:`FAILURE_TAG`, :data:`STOPPED_TAG`, :data:`REPEATED_TAG`, :data:`ORPHAN_TAG`,
-  :data:`NAN_TAG`).
+  :data:`NAN_TAG`);
+- the Pareto marks (:data:`PARETO_TAG`, :data:`PARETO_RANK_TAG` on trial runs; what they are
+  over, :data:`PARETO_OBJECTIVES_TAG` and :data:`PARETO_FILTER_TAG`, and the description
+  :data:`NOTE_TAG` on the study run), and the tags of a registered front model's versions
+  (:data:`MODEL_RUN_TAG`, :data:`MODEL_STUDY_TAG`, :data:`MODEL_TRIAL_TAG`).
 
 Only the names live here, no MLflow calls: importing this module is cheap and imports neither
 MLflow nor torch (the trial-side file names come from :mod:`trainables.artifact_names`).
@@ -50,13 +54,23 @@ __all__ = [
     "METHOD_PARAM",
     "MODEL_ARTIFACT",
     "MODEL_FILE",
+    "MODEL_RUN_TAG",
+    "MODEL_STUDY_TAG",
+    "MODEL_TRIAL_TAG",
     "NAN_TAG",
     "NODES_TAG",
+    "NOTE_TAG",
     "OBJECTIVES_PREFIX",
+    "OFF_FRONT",
+    "ON_FRONT",
     "ORPHAN_TAG",
     "OVERLAY_ARTIFACT",
     "OVERLAY_FILE",
     "PARENT_TAG",
+    "PARETO_FILTER_TAG",
+    "PARETO_OBJECTIVES_TAG",
+    "PARETO_RANK_TAG",
+    "PARETO_TAG",
     "PER_SAMPLE_ARTIFACT",
     "PER_SAMPLE_FILE",
     "REPEATED_TAG",
@@ -79,7 +93,10 @@ __all__ = [
     "Direction",
     "Role",
     "enqueued_settings",
+    "finished_trials_filter",
     "flatten_params",
+    "front_filter",
+    "objectives_text",
     "parent_filter",
     "role_filter",
     "trial_artifact",
@@ -107,6 +124,26 @@ STOPPED_TAG: Final = "apc.stopped_early"
 #: On a trial run: the objectives the sampler was told the worst value for, and why
 #: (:mod:`study.objectives`).
 NAN_TAG: Final = "apc.nan_objectives"
+#: On a trial run: :data:`ON_FRONT` when it is on the Pareto front its study was last marked
+#: with (the driver's after each finished trial, or ``apc pareto NAME --mark``'s), else
+#: :data:`OFF_FRONT`; the UI's search ``tags.apc.pareto = "true"`` lists the front.
+PARETO_TAG: Final = "apc.pareto"
+#: On a trial run on the front: its row in the front's table as ``apc pareto`` prints it
+#: (1 = first: best in the first objective, ties by the next, then by trial); absent off it.
+PARETO_RANK_TAG: Final = "apc.pareto_rank"
+#: On the study run: the objectives the marked front is over (``map:max,params:min``).
+PARETO_OBJECTIVES_TAG: Final = "apc.pareto_objectives"
+#: On the study run: the MLflow filter the marked front's trials were chosen by.
+PARETO_FILTER_TAG: Final = "apc.pareto_filter"
+#: MLflow's own description of a run (Markdown, shown on the run's page).
+NOTE_TAG: Final = "mlflow.note.content"
+#: On a registered model version: the trial run its model is, its study and its trial.
+MODEL_RUN_TAG: Final = "apc.trial_run_id"
+MODEL_STUDY_TAG: Final = "apc.study"
+MODEL_TRIAL_TAG: Final = "apc.trial"
+#: Values of :data:`PARETO_TAG`.
+ON_FRONT: Final = "true"
+OFF_FRONT: Final = "false"
 #: Every tag key of the layout (a source test keeps their literals in this module).
 TAG_KEYS: Final[tuple[str, ...]] = (
     ROLE_TAG,
@@ -118,6 +155,14 @@ TAG_KEYS: Final[tuple[str, ...]] = (
     ORPHAN_TAG,
     STOPPED_TAG,
     NAN_TAG,
+    PARETO_TAG,
+    PARETO_RANK_TAG,
+    PARETO_OBJECTIVES_TAG,
+    PARETO_FILTER_TAG,
+    NOTE_TAG,
+    MODEL_RUN_TAG,
+    MODEL_STUDY_TAG,
+    MODEL_TRIAL_TAG,
 )
 
 # Roles (values of ROLE_TAG).
@@ -144,6 +189,24 @@ def parent_filter(parent_run_id: str) -> str:
 
 #: MLflow filter that selects the trial runs of a study's experiment.
 TRIAL_FILTER: Final = role_filter(TRIAL_ROLE)
+
+
+def finished_trials_filter(parent_run_id: str) -> str:
+    """The FINISHED trial runs of the study run ``parent_run_id`` (AND-ed to
+    :data:`TRIAL_FILTER` by the readers): the trials ``apc run`` prints and marks the front of;
+    a FAILED (diverged) or KILLED (stopped early) trial measured no trained student."""
+    return f"{parent_filter(parent_run_id)} AND attributes.status = 'FINISHED'"
+
+
+def front_filter() -> str:
+    """The MLflow filter (the UI's search box takes it as is) that lists the marked front."""
+    return f'tags.{PARETO_TAG} = "{ON_FRONT}"'
+
+
+def objectives_text(objectives: Mapping[str, Direction]) -> str:
+    """``map:max,params:min``: objectives as ``--objectives`` takes them (and tags hold them)."""
+    return ",".join(f"{name}:{direction}" for name, direction in objectives.items())
+
 
 # Params.
 

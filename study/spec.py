@@ -270,6 +270,8 @@ class Spec:
     tracking_uri: str = "sqlite:///mlflow.db"
     storage_path: str = "apc_results"
     ray_address: str | None = None
+    #: Register the Pareto-front models in MLflow's model registry when the study ends.
+    registry: bool = False
     #: ``dataset.root`` and ``teacher.checkpoint`` as the spec wrote them (key -> text), which
     #: preflight's messages quote; the fields above hold them absolute.
     given_paths: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -441,6 +443,7 @@ _TOP_KEYS = (
     "tracking_uri",
     "storage_path",
     "ray_address",
+    "registry",
 )
 
 
@@ -845,6 +848,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         tracking_uri=_output_setting(s, "tracking_uri", "sqlite:///mlflow.db", base),
         storage_path=_output_setting(s, "storage_path", "apc_results", base),
         ray_address=s.get("ray_address", None, _optional(_string)),
+        registry=s.get("registry", False, _boolean),
         given_paths=_given_paths(data),
     )
     method_options = s.get(

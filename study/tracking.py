@@ -50,6 +50,7 @@ from analysis.layout import (
     TRIAL_ARTIFACTS,
     TRIAL_ROLE,
     TRIAL_TAG,
+    finished_trials_filter,
     flatten_params,
     parent_filter,
     role_filter,
@@ -159,6 +160,16 @@ class StudyTracker:
             self.client.log_param(self.parent_run_id, key[:250], value[:6000])
         self.client.log_text(self.parent_run_id, spec_text, SPEC_FILE)
         self.client.log_text(self.parent_run_id, effective_text, EFFECTIVE_SPEC_FILE)
+        from analysis.marks import describe_front
+
+        describe_front(
+            self.client,
+            self.parent_run_id,
+            study=self.name,
+            objectives=self.objectives,
+            filter_string=finished_trials_filter(self.parent_run_id),
+            by="apc run",
+        )
         return self.parent_run_id
 
     def attach(self, parent_run_id: str) -> int:
@@ -312,6 +323,8 @@ class StudyTracker:
         if reason:
             self.trial_tag(trial_id, FAILURE_TAG, reason)
         self._queue.put({"op": "end", "trial": trial_id, "status": status})
+        # After the end, in the queue's order: the front is read back from what MLflow holds.
+        self._queue.put({"op": "front"})
 
     def backfill(
         self, trials: Sequence[Mapping[str, Any]], *, method: str, teacher_run_id: str
@@ -368,7 +381,11 @@ class StudyTracker:
 
     def close(self, *, status: str, timeout_s: float = 120.0) -> int:
         """End the study run with ``status`` (FINISHED, FAILED, KILLED) after the trials'
-        records; wait up to ``timeout_s`` for them; returns how many had to be spooled."""
+        records; wait up to ``timeout_s`` for them; returns how many had to be spooled.
+
+        The front is marked once more first: a resume's backfilled trials end without Tune's
+        callback, and a run MLflow refused a record of may stand elsewhere than when it ended."""
+        self._queue.put({"op": "front"})
         self._queue.put({"op": "end_study", "status": status})
         left = self._queue.close(timeout_s)
         _ACTIVE.pop(self.parent_run_id, None)
@@ -405,6 +422,9 @@ class StudyTracker:
             return
         if op == "orphans":
             self._discard(set(record["known"]))
+            return
+        if op == "front":
+            self._mark_front()
             return
         trial_id = record["trial"]
         if op == "start":
@@ -450,6 +470,18 @@ class StudyTracker:
                 self.client.set_terminated(run_id, record["status"])
         else:
             raise ValueError(f"unknown log record op {op!r}")
+
+    def _mark_front(self) -> None:
+        """Tag every trial run on or off the Pareto front of the study's objectives over this
+        study run's FINISHED trials: the front ``apc run`` prints (:mod:`analysis.marks`)."""
+        from analysis.marks import mark_front
+
+        mark_front(
+            self.client,
+            self.client.get_experiment(self.experiment_id),
+            self.objectives,
+            filter_string=finished_trials_filter(self.parent_run_id),
+        )
 
     def _note_repeats(self, trial_id: str, run_id: str, step: int) -> None:
         """Tag a run that logs an epoch again: a killed driver's last Tune snapshot may predate

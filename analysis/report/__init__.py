@@ -10,6 +10,8 @@ nested under it:
   kind with the best ``map`` (ties: the one that started first). Columns: ``REPORT_METRICS``
   (last epoch). The Markdown rounds (``%`` metrics to 0.1, map distances and similarities to
   0.001, params to a unit); the CSV holds the values as MLflow stores them.
+- ``report.html``: ``report.md`` as one page MLflow's artifact viewer renders, the plots
+  inline (:mod:`analysis.report.html`).
 - ``pareto_matrix.png``: every pair of the study's objectives (its spec's, as
   ``analysis.record.StudyRecord.objectives`` reads them; ``DEFAULT_OBJECTIVES`` when it names
   none) over the FINISHED trials, the Pareto
@@ -48,10 +50,12 @@ from __future__ import annotations
 from analysis.layout import DEFAULT_OBJECTIVES, parent_filter
 from analysis.report.assemble import (
     ARTIFACT_DIR,
+    FRONT_PLOTS,
     OPTIONAL_FILES,
     REPORT_FILES,
     NoFinishedTrialsError,
     Report,
+    log_front_plots,
     log_report,
     plot_overlays,
     row_overlay_maps,
@@ -97,6 +101,7 @@ from analysis.report.rows import (
 __all__ = [
     "ARTIFACT_DIR",
     "DEFAULT_OBJECTIVES",
+    "FRONT_PLOTS",
     "MATCHING_KINDS",
     "OPTIONAL_FILES",
     "REPORT_FILES",
@@ -117,6 +122,7 @@ __all__ = [
     "format_metric",
     "further_methods",
     "hypervolume_info",
+    "log_front_plots",
     "log_report",
     "metrics_vs_beta_info",
     "overlay_info",

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from analysis.layout import MAPS_ARTIFACT, REPORT_DIR, Direction, parent_filter
 from analysis.record import StudyRecord, load_study_record
+from analysis.report.html import write_html
 from analysis.report.plots import (
     draw_overlay_grid,
     overlay_info,
@@ -39,10 +40,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARTIFACT_DIR",
+    "FRONT_PLOTS",
     "OPTIONAL_FILES",
     "REPORT_FILES",
     "NoFinishedTrialsError",
     "Report",
+    "log_front_plots",
     "log_report",
     "plot_overlays",
     "row_overlay_maps",
@@ -55,12 +58,15 @@ ARTIFACT_DIR: Final = REPORT_DIR
 REPORT_FILES: Final[tuple[str, ...]] = (
     "report.md",
     "report.csv",
+    "report.html",
     "pareto_matrix.png",
     "hypervolume.png",
     "metrics_vs_beta.png",
     "pies.csv",
     "attribution_overlays.png",
 )
+#: The plots ``apc run`` logs to the study run when it ends (``apc report`` writes them again).
+FRONT_PLOTS: Final[tuple[str, ...]] = ("pareto_matrix.png", "hypervolume.png")
 #: Files written only when the table's trials logged what they need (per-sample results,
 #: overlay maps: ``trainables.trial_artifacts``).
 OPTIONAL_FILES: Final = frozenset({"pies.csv", "attribution_overlays.png"})
@@ -215,6 +221,7 @@ def write_report(
     )
     paths["report.md"].write_text(markdown, "utf-8")
     paths["report.csv"].write_text(render_csv(rows), "utf-8")
+    write_html(paths["report.md"], paths["report.html"], title=f"Report: study {study}")
     return Report(
         study=study,
         parent_run_id=parent_run_id,
@@ -242,3 +249,26 @@ def log_report(tracking_uri: str, report: Report, *, client: MlflowClient | None
         client.log_artifact(report.parent_run_id, str(path), ARTIFACT_DIR)
     run = client.get_run(report.parent_run_id)
     return f"{str(run.info.artifact_uri).rstrip('/')}/{ARTIFACT_DIR}"
+
+
+def log_front_plots(record: StudyRecord, *, trials: pa.Table | None = None) -> list[str]:
+    """Draw the Pareto matrix and the hypervolume plot (:data:`FRONT_PLOTS`, as
+    :func:`write_report` draws them) of ``record``'s study run and log them to it under
+    ``report/``; returns their artifact paths (none when no trial FINISHED).
+
+    What ``apc run`` leaves on the study run when it ends, without the rest of the report
+    (which reads every row's artifacts).
+    """
+    if trials is None:
+        trials = record.table()
+    finished = trials.filter(pc.equal(trials.column("status"), FINISHED))
+    if finished.num_rows == 0:
+        return []
+    with tempfile.TemporaryDirectory(prefix="apc-plots-") as scratch:
+        folder = Path(scratch)
+        matrix, volume = (folder / name for name in FRONT_PLOTS)
+        plot_pareto_matrix(finished, record.objectives, matrix, title=record.name)
+        plot_hypervolume(trials, record.objectives, volume, title=record.name)
+        for path in (matrix, volume):
+            record.client.log_artifact(record.parent_run_id, str(path), ARTIFACT_DIR)
+    return [f"{ARTIFACT_DIR}/{name}" for name in FRONT_PLOTS]

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from study.cli import models, pareto, report, resume, run, ui, validate
+from study.cli import models, pareto, register, report, resume, run, ui, validate
 from study.cli._common import crash
 from trainables._version import __version__
 
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     command.add_argument("--out", metavar="PATH", help="write to PATH instead of stdout")
+    command.add_argument(
+        "--mark",
+        action="store_true",
+        help="tag the study's trial runs on or off this front (with their rank on it) so the "
+        "MLflow UI can list it, and say so in the study run's description; one NAME only",
+    )
     command.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
     command.set_defaults(handler=pareto.pareto)
     command = commands.add_parser(
@@ -71,6 +77,25 @@ def _parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="also write the report's files to DIR (created if needed)"
     )
     command.set_defaults(handler=report.report)
+    command = commands.add_parser(
+        "register",
+        help="register the study's Pareto-front models in MLflow's model registry",
+    )
+    command.add_argument("name", metavar="NAME", help="the study's name (its MLflow experiment)")
+    command.add_argument(
+        "--objectives",
+        metavar="LIST",
+        help="comma-separated METRIC:min|max (a bare METRIC takes its usual direction); "
+        "default: the study's",
+    )
+    command.add_argument(
+        "--filter",
+        metavar="EXPR",
+        help="MLflow search expression the trials must match (as apc pareto's); default: the "
+        "FINISHED trials of the newest study run",
+    )
+    command.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
+    command.set_defaults(handler=register.register)
     command = commands.add_parser(
         "run", help="run a study (the embedded demo when SPEC is omitted)"
     )

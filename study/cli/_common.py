@@ -1,5 +1,6 @@
-"""What the commands share: the usage exit code and its messages, the tracking-URI probe, and
-the last-resort report of an unexpected error."""
+"""What the commands share: the usage exit code and its messages, the tracking-URI probe,
+``--objectives`` as ``apc pareto`` and ``apc register`` read it, and the last-resort report
+of an unexpected error."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from analysis.pareto import Direction
 
 #: The user's input is wrong: one message per problem, no traceback.
 EXIT_USAGE = 2
@@ -50,3 +55,24 @@ def crash(command: str, error: Exception) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def objectives_problems(text: str) -> tuple[dict[str, Direction], list[str]]:
+    """``--objectives`` parsed as ``apc pareto`` parses it, and its problems (one line each)."""
+    from analysis.pareto import ObjectivesError, parse_objectives
+    from search_spaces.space import nearest_name
+    from trainables.metric_names import METRICS, valid_metrics_text
+
+    problems: list[str] = []
+    try:
+        objectives = parse_objectives(text, {m: d for m, (d, _) in METRICS.items()})
+    except ObjectivesError as error:
+        objectives = error.parsed
+        for problem in error.problems:
+            problems.append("--objectives: " + problem.removeprefix("objectives").lstrip(".: "))
+    for name in objectives:
+        if name not in METRICS:
+            close = nearest_name(name, list(METRICS))
+            hint = f"did you mean {close!r}?" if close else f"valid: {valid_metrics_text()}"
+            problems.append(f"--objectives: unknown metric {name!r} ({hint})")
+    return objectives, problems

@@ -9,30 +9,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from study.cli._common import tracking_problems, usage
+from study.cli._common import objectives_problems, tracking_problems, usage
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from analysis.export import Format
     from analysis.pareto import Direction
 
 
 def pareto(args: argparse.Namespace) -> int:
-    from analysis.pareto import ObjectivesError, parse_objectives
-    from search_spaces.space import nearest_name
-    from trainables.metric_names import METRICS, valid_metrics_text
-
-    problems: list[str] = []
-    try:
-        objectives = parse_objectives(args.objectives, {m: d for m, (d, _) in METRICS.items()})
-    except ObjectivesError as error:
-        objectives = error.parsed
-        for problem in error.problems:  # "objectives.map: ..." -> "--objectives: map: ..."
-            problems.append("--objectives: " + problem.removeprefix("objectives").lstrip(".: "))
-    for name in objectives:
-        if name not in METRICS:
-            close = nearest_name(name, list(METRICS))
-            hint = f"did you mean {close!r}?" if close else f"valid: {valid_metrics_text()}"
-            problems.append(f"--objectives: unknown metric {name!r} ({hint})")
+    objectives, problems = objectives_problems(args.objectives)
     out = Path(args.out) if args.out else None
     if args.format == "parquet" and out is None:
         problems.append("--format parquet: needs --out PATH (Parquet is not written to stdout)")
@@ -40,6 +27,9 @@ def pareto(args: argparse.Namespace) -> int:
         problems.append(f"--out: {out} is a directory")
     elif out is not None and not out.parent.is_dir():
         problems.append(f"--out: directory {out.parent} does not exist")
+    if args.mark and len(set(args.name)) > 1:
+        # The marks say "on this study's front": a front over several studies is not one.
+        problems.append(f"--mark: marks the front of one study, got {len(set(args.name))} studies")
     problems += tracking_problems(args.tracking_uri)
     if problems:
         return usage("pareto", problems)
@@ -50,6 +40,7 @@ def pareto(args: argparse.Namespace) -> int:
         filter_string=args.filter,
         fmt=args.format,
         out=out,
+        mark=args.mark,
     )
 
 
@@ -61,11 +52,13 @@ def show_front(
     filter_string: str | None = None,
     fmt: Format = "table",
     out: Path | None = None,
+    mark: bool = False,
 ) -> int:
     """The trial runs of the studies ``names`` (those matching ``filter_string``), their Pareto
     front over ``objectives`` printed as ``fmt`` after a one-line summary, or written to
     ``out``; returns the exit code. The arguments are checked already; what the store says
-    is reported as ``apc pareto: ...`` on stderr."""
+    is reported as ``apc pareto: ...`` on stderr. ``mark`` (one study): the study's trial runs
+    are tagged with this front (:mod:`analysis.marks`)."""
     from mlflow.exceptions import MlflowException
 
     from analysis.export import ranked_front, render
@@ -115,4 +108,46 @@ def show_front(
         if fmt == "table":
             print(summary)
         sys.stdout.write(data.decode())
+    if mark:
+        message = _mark(tracking_uri, unique[0], front, objectives, filter_string)
+        # Not into a CSV or JSON on stdout.
+        print(message, file=sys.stdout if fmt == "table" or out is not None else sys.stderr)
     return 0
+
+
+def _mark(
+    tracking_uri: str,
+    name: str,
+    front: pa.Table,
+    objectives: Mapping[str, Direction],
+    filter_string: str | None,
+) -> str:
+    """Tag study ``name``'s trial runs with ``front`` (as printed) and describe it on the
+    newest study run; returns what was done, as one line."""
+    from analysis.layout import front_filter
+    from analysis.marks import describe_front, front_ranks, set_marks
+    from analysis.record import NoStudyRunError, load_study_record
+    from analysis.runs import study_experiment, tracking_client, trial_runs
+
+    client = tracking_client(tracking_uri)
+    runs = trial_runs(client, study_experiment(client, tracking_uri, name))
+    ranks = front_ranks(front)
+    changed = set_marks(client, runs, ranks)
+    try:
+        record = load_study_record(name, tracking_uri=tracking_uri)
+    except NoStudyRunError:
+        where = "no study run to describe it on"
+    else:
+        describe_front(
+            client,
+            record.parent_run_id,
+            study=name,
+            objectives=objectives,
+            filter_string=filter_string,
+            by="apc pareto --mark",
+        )
+        where = f"described on study run {record.parent_run_id}"
+    return (
+        f"marked {len(ranks)} of {len(runs)} trial runs of study {name!r} as on the front "
+        f"({changed} changed; {where}); the UI lists them with: {front_filter()}"
+    )

@@ -99,6 +99,17 @@ def finish(spec: Spec, outcome: StudyOutcome) -> int:
         _print_front(spec, outcome)
     except Exception as error:
         crash("pareto", error)
+    code = 0
+    if not outcome.unlogged:  # else MLflow lacks some trials: the plots and models wait too
+        try:
+            _log_front_plots(spec, outcome)
+        except Exception as error:
+            crash("report", error)
+        if spec.registry:
+            from study.cli.register import register_study
+
+            print(f"\nregistering the front's models (registry: true in {spec.name!r}'s spec):")
+            code = register_study(spec.tracking_uri, spec.name, command="register")
     if spec.enqueue and not outcome.unlogged:
         from analysis.effect import effect_table, render_effect_table
 
@@ -106,13 +117,26 @@ def finish(spec: Spec, outcome: StudyOutcome) -> int:
         print("\nThe enqueued settings beside the teacher (last epoch):\n")
         sys.stdout.write(render_effect_table(rows))
     print(f"\nbrowse it: apc ui --tracking-uri {spec.tracking_uri}")
-    return 0
+    return code
+
+
+def _log_front_plots(spec: Spec, outcome: StudyOutcome) -> None:
+    """The Pareto matrix and hypervolume plots on the study run, under ``report/``."""
+    from analysis.record import load_study_record
+    from analysis.report import log_front_plots
+
+    record = load_study_record(
+        spec.name, tracking_uri=spec.tracking_uri, parent_run_id=outcome.parent_run_id
+    )
+    logged = log_front_plots(record)
+    if logged:
+        print(f"\nlogged to study run {outcome.parent_run_id}: {', '.join(logged)}")
 
 
 def _print_front(spec: Spec, outcome: StudyOutcome) -> None:
     """The study's Pareto table, as ``apc pareto NAME --objectives (the spec's) --filter (this
     study run's FINISHED trials)`` prints it."""
-    from analysis.layout import parent_filter
+    from analysis.layout import finished_trials_filter
     from study.cli.pareto import show_front
 
     problems = tracking_problems(spec.tracking_uri)
@@ -121,5 +145,5 @@ def _print_front(spec: Spec, outcome: StudyOutcome) -> None:
         return
     # Trials that ended FAILED (diverged) or KILLED (stopped early by ASHA) have no
     # measurement of a trained student; their runs stay browsable in MLflow.
-    finished = f"{parent_filter(outcome.parent_run_id)} AND attributes.status = 'FINISHED'"
+    finished = finished_trials_filter(outcome.parent_run_id)
     show_front(spec.tracking_uri, [spec.name], spec.objectives, filter_string=finished)

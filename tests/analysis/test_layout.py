@@ -14,6 +14,7 @@ from analysis.layout import (
     COLUMN_KIND_KEY,
     DEFAULT_OBJECTIVES,
     EFFECTIVE_SPEC_FILE,
+    NOTE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     SEARCHED_PARAMS,
@@ -91,7 +92,7 @@ def test_every_name_in_all_exists_and_tags_are_distinct() -> None:
     for name in layout.__all__:
         assert hasattr(layout, name), name
     assert len(set(TAG_KEYS)) == len(TAG_KEYS)
-    assert all(key.startswith("apc.") for key in TAG_KEYS if key != PARENT_TAG)
+    assert all(key.startswith("apc.") for key in TAG_KEYS if key not in (PARENT_TAG, NOTE_TAG))
 
 
 def test_the_searched_params_cover_every_methods_parameters() -> None:

@@ -49,6 +49,19 @@ def test_defaults_for_a_minimal_spec() -> None:
     assert spec.sampler == "nsga2"
     assert spec.scheduler is None
     assert spec.tracking_uri == "sqlite:///mlflow.db"
+    assert spec.registry is False
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_registry_is_a_boolean(value: bool) -> None:
+    assert parse_spec({"name": "s", "registry": value}).registry is value
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, [True]])
+def test_registry_refuses_anything_but_a_boolean(value: object) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec({"name": "s", "registry": value})
+    assert raised.value.problems == [f"registry: must be true or false, got {value!r}"]
 
 
 def _problems(data: object) -> list[str]:

@@ -177,3 +177,64 @@ def test_a_trial_the_scheduler_stopped_ends_killed_and_tagged(store: tuple[str, 
         statuses[trial_id] = (run.info.status, run.data.tags.get("apc.stopped_early"))
     assert statuses == {"stopped": ("KILLED", "after 2 of 6 epochs"), "full": ("FINISHED", None)}
     tracker.close(status="FINISHED", timeout_s=10.0)
+
+
+def _marks(client: MlflowClient, tracker: StudyTracker) -> dict[str, tuple[str, str | None]]:
+    """Trial id -> (apc.pareto, apc.pareto_rank) as MLflow holds them."""
+    from analysis.layout import PARETO_RANK_TAG, PARETO_TAG
+
+    out = {}
+    for trial_id, run_id in tracker.trial_runs.items():
+        tags = client.get_run(run_id).data.tags
+        out[trial_id] = (tags.get(PARETO_TAG, ""), tags.get(PARETO_RANK_TAG))
+    return out
+
+
+def test_the_front_is_marked_after_each_trial_ends(store: tuple[str, Path]) -> None:
+    """After every trial that ends, the trial runs on the front of the FINISHED trials carry
+    apc.pareto=true and their row in `apc pareto`'s table, the others false and no rank."""
+    from analysis.layout import NOTE_TAG, PARETO_FILTER_TAG, PARETO_OBJECTIVES_TAG
+
+    uri, root = store
+    tracker = StudyTracker(
+        uri,
+        name="marked",
+        objectives={"map": "max", "params": "min"},
+        spool=root / "marked" / "pending.jsonl",
+    )
+    spec = load_spec(DEMO_SPEC, overrides=["name=marked"])
+    parent = tracker.start_study(spec, "name: marked\n", "name: marked\n")
+    client = MlflowClient(tracking_uri=uri)
+
+    def trial(trial_id: str, map_: float, params: float, status: str = "FINISHED") -> None:
+        tracker.trial_started(trial_id, {"method": "distillation", "matching": "swa"})
+        tracker.trial_result(trial_id, {"map": map_, "params": params, "epoch": 0})
+        tracker.trial_ended(trial_id, status=status)  # type: ignore[arg-type]
+        assert tracker.flush(30.0)
+
+    trial("a", 50.0, 100.0)
+    assert _marks(client, tracker) == {"a": ("true", "1")}
+    trial("b", 60.0, 200.0)  # better map, more params: both on the front, b first
+    assert _marks(client, tracker) == {"a": ("true", "2"), "b": ("true", "1")}
+    trial("c", 99.0, 1.0, status="FAILED")  # would dominate both, but did not finish
+    assert _marks(client, tracker)["c"] == ("false", None)
+    trial("d", 70.0, 50.0)  # dominates both: their ranks go
+    assert _marks(client, tracker) == {
+        "a": ("false", None),
+        "b": ("false", None),
+        "c": ("false", None),
+        "d": ("true", "1"),
+    }
+    assert tracker.close(status="FINISHED", timeout_s=30.0) == 0
+    tags = client.get_run(parent).data.tags
+    assert tags[PARETO_OBJECTIVES_TAG] == "map:max,params:min"
+    assert tags[PARETO_FILTER_TAG] == (
+        f"tags.mlflow.parentRunId = '{parent}' AND attributes.status = 'FINISHED'"
+    )
+    note = tags[NOTE_TAG]
+    assert "Pareto front over map:max,params:min" in note
+    assert f"`{tags[PARETO_FILTER_TAG]}`" in note
+    assert '    tags.apc.pareto = "true"' in note.splitlines()
+    # The UI's search lists exactly the front.
+    found = client.search_runs([tracker.experiment_id], filter_string='tags.apc.pareto = "true"')
+    assert [r.info.run_id for r in found] == [tracker.trial_runs["d"]]
