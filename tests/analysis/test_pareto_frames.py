@@ -16,12 +16,12 @@ import pyarrow as pa
 import pytest
 
 from analysis.layout import TRIAL_FILTER
-from analysis.pareto import Direction, ObjectivesError, pareto_front, pareto_mask
+from analysis.pareto import ObjectivesError, pareto_front, pareto_mask
 from analysis.runs import load_trials
 from tests.analysis.mlflow_study import STUDY, StudyStore, expected_front, shared_store
 
 ROOT = Path(__file__).resolve().parents[2]
-OBJECTIVE_SETS: list[dict[str, Direction]] = [
+OBJECTIVE_SETS: list[dict[str, Any]] = [
     {"map": "max", "attr_auc": "max", "params": "min"},
     {"map": "max", "params": "min"},
     {"attr_cos": "max", "params": "min"},
@@ -47,18 +47,19 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> StudyStore:
 def _search_runs(store: StudyStore) -> pd.DataFrame:
     import mlflow
 
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store.uri)
     try:
         runs = mlflow.search_runs(experiment_names=[STUDY], filter_string=TRIAL_FILTER)
     finally:
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(previous)
     assert isinstance(runs, pd.DataFrame)
     return runs
 
 
 @pytest.mark.parametrize("objectives", OBJECTIVE_SETS)
 def test_search_runs_gives_the_arrow_paths_front(
-    store: StudyStore, objectives: dict[str, Direction]
+    store: StudyStore, objectives: dict[str, Any]
 ) -> None:
     runs = _search_runs(store).set_index(pd.Index(range(100, 100 + 9), name="row"))
     front = pareto_front(runs, objectives)
@@ -82,7 +83,7 @@ def test_search_runs_gives_the_arrow_paths_front(
 
 @pytest.mark.parametrize("objectives", OBJECTIVE_SETS)
 def test_an_arrow_stream_gives_an_arrow_table(
-    store: StudyStore, objectives: dict[str, Direction]
+    store: StudyStore, objectives: dict[str, Any]
 ) -> None:
     table = load_trials(store.uri, STUDY)
     front = pareto_front(Stream(table), objectives)
@@ -166,7 +167,7 @@ def test_anything_else_is_a_type_error() -> None:
         match=r"^table: must be a pyarrow Table, a pandas DataFrame "
         r"or an object with __arrow_c_stream__, got builtins\.list$",
     ):
-        pareto_front([{"map": 1.0}], {"map": "max"})  # type: ignore[arg-type]
+        pareto_front([{"map": 1.0}], {"map": "max"})
 
 
 def notebook_example() -> str:
@@ -191,14 +192,14 @@ def test_the_notebook_example_in_the_docs_runs_as_written(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     import matplotlib.pyplot as plt
+    import mlflow
 
+    previous = mlflow.get_tracking_uri()
     namespace: dict[str, Any] = {}
     try:
         exec(compile(notebook_example(), "docs/design.md", "exec"), namespace)
     finally:
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(previous)
         plt.close("all")
     front = namespace["front"]
     objectives = namespace["objectives"]
