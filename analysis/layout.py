@@ -8,6 +8,8 @@ cannot drift apart:
 - experiment = the study's name; a parent run (tag :data:`ROLE_TAG` = :data:`STUDY_ROLE`)
   holding the spec as flattened params (:func:`flatten_params`) and as the artifacts
   :data:`SPEC_FILE` and :data:`EFFECTIVE_SPEC_FILE`;
+- the experiment tagged :data:`EXPERIMENT_KIND_TAG` = :data:`MODEL_TRAINING_KIND`, so that
+  MLflow's UI treats it as model training, and :func:`ui_runs_url`, the UI's page of its runs;
 - a teacher run (:data:`TEACHER_ROLE`) and one run per trial (:data:`TRIAL_ROLE`, tagged with
   its Ray trial id :data:`TRIAL_TAG`), both nested under the parent through
   :data:`PARENT_TAG` (the tag MLflow's UI nests by; :func:`parent_filter` selects them);
@@ -48,6 +50,7 @@ __all__ = [
     "DRAWN_ARTIFACTS",
     "EFFECTIVE_SPEC_FILE",
     "ENQUEUE_PARAM",
+    "EXPERIMENT_KIND_TAG",
     "FAILURE_TAG",
     "MAPS_ARTIFACT",
     "MAPS_FILE",
@@ -56,6 +59,7 @@ __all__ = [
     "MODEL_FILE",
     "MODEL_RUN_TAG",
     "MODEL_STUDY_TAG",
+    "MODEL_TRAINING_KIND",
     "MODEL_TRIAL_TAG",
     "NAN_TAG",
     "NODES_TAG",
@@ -101,6 +105,7 @@ __all__ = [
     "role_filter",
     "trial_artifact",
     "trial_params",
+    "ui_runs_url",
 ]
 
 # Tags.
@@ -144,10 +149,17 @@ MODEL_TRIAL_TAG: Final = "apc.trial"
 #: Values of :data:`PARETO_TAG`.
 ON_FRONT: Final = "true"
 OFF_FRONT: Final = "false"
+#: MLflow's own experiment tag for what an experiment is for (MLflow 3's UI writes it with its
+#: experiment-kind selector); set on the study's experiment when the driver creates it.
+EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
+#: Its value for model training ("custom model development"; ``genai_development`` opens an
+#: experiment on traces): the UIs that read the tag open the experiment on its runs.
+MODEL_TRAINING_KIND: Final = "custom_model_development"
 #: Every tag key of the layout (a source test keeps their literals in this module).
 TAG_KEYS: Final[tuple[str, ...]] = (
     ROLE_TAG,
     PARENT_TAG,
+    EXPERIMENT_KIND_TAG,
     TRIAL_TAG,
     NODES_TAG,
     FAILURE_TAG,
@@ -164,6 +176,18 @@ TAG_KEYS: Final[tuple[str, ...]] = (
     MODEL_STUDY_TAG,
     MODEL_TRIAL_TAG,
 )
+
+#: The query MLflow 3.17's UI takes for its "Machine learning" workflow. That UI chooses an
+#: experiment's tabs and landing page by this workflow type (the query, else what the browser
+#: last chose, at first "genai": an "Overview" of traces), not by EXPERIMENT_KIND_TAG.
+_UI_WORKFLOW_QUERY: Final = "workflowType=machine_learning"
+
+
+def ui_runs_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's runs (a study's run with its trials nested),
+    in the model-training view, on the UI served at ``server`` (``http://127.0.0.1:5000``)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{_UI_WORKFLOW_QUERY}"
+
 
 # Roles (values of ROLE_TAG).
 

@@ -10,12 +10,21 @@ integer or floating dtype (no float64 round-off of large integers, no overflow w
 column is flipped). Distinct points are then judged in lexicographic order, in vectorised
 blocks of bounded memory, against the front found so far: O(n * front) comparisons, at worst
 O(n^2) (everything on the front; 20,000 such rows take seconds).
+
+The table may be a ``pyarrow.Table`` (the core: :func:`analysis.runs.load_trials` gives one), a
+pandas ``DataFrame`` (``mlflow.search_runs`` gives one) or any object that exports the Arrow
+PyCapsule stream interface (``__arrow_c_stream__``: polars, DuckDB, a ``RecordBatchReader``).
+An objective names a column; when a table has no column of that name, ``metrics.NAME`` or
+``params.NAME`` stands for it (:data:`COLUMN_PREFIXES`, ``mlflow.search_runs``' names), so
+the same objectives work on either source. A ``params.`` column of numbers written as
+strings, which MLflow params are, is read as float64.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
-from typing import Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -23,12 +32,39 @@ import pyarrow as pa
 
 from trainables.metric_names import Direction
 
-__all__ = ["Direction", "ObjectivesError", "pareto_front", "pareto_mask", "parse_objectives"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "COLUMN_PREFIXES",
+    "ArrowStreamExportable",
+    "Direction",
+    "ObjectivesError",
+    "TableLike",
+    "pareto_front",
+    "pareto_mask",
+    "parse_objectives",
+]
+
+#: The column prefixes ``mlflow.search_runs`` gives metrics and params, in the order they are
+#: tried for an objective that names no column of the table.
+COLUMN_PREFIXES: Final = ("metrics.", "params.")
 
 #: Upper bound on the booleans one block of the pairwise comparison holds at once.
 _BLOCK_ELEMENTS: Final = 1 << 22
 #: Points judged per block (fewer when the front grows large).
 _BLOCK_ROWS: Final = 512
+
+
+@runtime_checkable
+class ArrowStreamExportable(Protocol):
+    """An object that exports its rows through the Arrow PyCapsule stream interface."""
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+
+#: What :func:`pareto_front` and :func:`pareto_mask` take.
+TableLike: TypeAlias = "pa.Table | ArrowStreamExportable | pd.DataFrame"
 
 
 class ObjectivesError(ValueError):
@@ -85,18 +121,85 @@ def parse_objectives(
     return objectives
 
 
-def pareto_front(table: pa.Table, objectives: Mapping[str, Direction]) -> pa.Table:
+def pareto_front(table: TableLike, objectives: Mapping[str, Direction]) -> Any:
     """The rows of ``table`` that no other row dominates, in their original order.
 
-    ``objectives`` maps a numeric column to ``"min"`` or ``"max"`` (the better direction).
-    Rows with a null or NaN objective are left out. Raises ``ObjectivesError`` (a
-    ``ValueError``) for an empty mapping, an unknown or non-numeric column or a bad direction.
+    ``objectives`` maps a numeric column to ``"min"`` or ``"max"`` (the better direction); a
+    name the table lacks may stand for its ``metrics.NAME`` or ``params.NAME`` column (see
+    the module's docstring). Rows with a null or NaN objective are left out.
+
+    Returns the kind it was given: a ``pyarrow.Table`` for a table, a ``DataFrame`` (every
+    column, the original index) for a pandas ``DataFrame``, and a ``pyarrow.Table`` for any
+    other ``__arrow_c_stream__`` object (a stream can be read once; Arrow is what it holds).
+    Raises ``ObjectivesError`` (a ``ValueError``) for an empty mapping, an unknown, ambiguous
+    or non-numeric column or a bad direction, and ``TypeError`` for anything else as ``table``.
     """
-    return table.filter(pa.array(pareto_mask(table, objectives)))
+    if _is_dataframe(table):
+        frame = cast("pd.DataFrame", table)
+        return frame[_frame_mask(frame, objectives)]
+    arrow = _as_arrow(table)
+    return arrow.filter(pa.array(_arrow_mask(arrow, objectives)))
 
 
-def pareto_mask(table: pa.Table, objectives: Mapping[str, Direction]) -> npt.NDArray[np.bool_]:
-    """Boolean mask over the rows of ``table``: True where the row is on the Pareto front."""
+def pareto_mask(table: TableLike, objectives: Mapping[str, Direction]) -> Any:
+    """Boolean mask over the rows of ``table``: True where the row is on the Pareto front.
+
+    A numpy array, except for a pandas ``DataFrame``: a boolean ``Series`` on its index (so
+    ``frame[mask]`` and ``frame.assign(front=mask)`` line up).
+    """
+    if _is_dataframe(table):
+        import pandas as pd
+
+        frame = cast("pd.DataFrame", table)
+        return pd.Series(_frame_mask(frame, objectives), index=frame.index, name="pareto")
+    return _arrow_mask(_as_arrow(table), objectives)
+
+
+def _is_dataframe(table: object) -> bool:
+    # Without pandas imported nothing can be a DataFrame: this never imports it.
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(table, pandas.DataFrame)
+
+
+def _as_arrow(table: object) -> pa.Table:
+    if isinstance(table, pa.Table):
+        return table
+    if isinstance(table, pa.RecordBatch):
+        return pa.Table.from_batches([table])
+    if hasattr(table, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(table).read_all()
+    raise TypeError(
+        "table: must be a pyarrow Table, a pandas DataFrame or an object with "
+        f"__arrow_c_stream__, got {type(table).__module__}.{type(table).__qualname__}"
+    )
+
+
+def _frame_mask(frame: pd.DataFrame, objectives: Mapping[str, Direction]) -> npt.NDArray[np.bool_]:
+    """The mask of a DataFrame. Only the columns an objective names are converted to Arrow:
+    ``mlflow.search_runs``' other columns (tags, times) need not convert, and the rest stand
+    in as null columns so that names, duplicates and messages are the Arrow path's."""
+    names = [str(name) for name in frame.columns]
+    wanted = set(names) & {
+        column
+        for name in (objectives if isinstance(objectives, Mapping) else {})
+        for column in (name, *(prefix + name for prefix in COLUMN_PREFIXES))
+    }
+    arrays = []
+    for position, name in enumerate(names):
+        if name not in wanted:
+            arrays.append(pa.nulls(len(frame)))
+            continue
+        series = frame.iloc[:, position]
+        try:
+            # NaN and None are both missing to the front; from_pandas makes NaN a null.
+            arrays.append(pa.array(series, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Mixed Python objects: not a numeric column, which the check below says.
+            arrays.append(pa.array([str(value) for value in series]))
+    return _arrow_mask(pa.Table.from_arrays(arrays, names=names), objectives)
+
+
+def _arrow_mask(table: pa.Table, objectives: Mapping[str, Direction]) -> npt.NDArray[np.bool_]:
     columns = _objective_columns(table, objectives)
     valid = np.ones(table.num_rows, dtype=bool)
     for _, present, _ in columns:
@@ -111,6 +214,19 @@ def pareto_mask(table: pa.Table, objectives: Mapping[str, Direction]) -> npt.NDA
         ranks[:, k] = (unique.size - 1 - inverse) if maximize else inverse
     keep[rows] = ~_dominated(ranks)
     return keep
+
+
+def _column_of(objective: str, names: list[str]) -> str | list[str]:
+    """The column that holds ``objective``: its own name if the table has it, else its one
+    prefixed column (:data:`COLUMN_PREFIXES`), else the name (unknown, reported as such).
+    Both prefixes present: the list of them, refused by the caller, since which of two values
+    the objective means is the caller's to say."""
+    if objective in names:
+        return objective
+    found = [prefix + objective for prefix in COLUMN_PREFIXES if prefix + objective in names]
+    if len(found) > 1:
+        return found
+    return found[0] if found else objective
 
 
 def _dominated(ranks: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -154,9 +270,16 @@ def _objective_columns(
         )
     columns = []
     names = table.column_names
-    for name, direction in objectives.items():
+    for objective, direction in objectives.items():
         if direction not in ("min", "max"):
-            problems.append(f"objectives.{name}: must be min or max, got {direction!r}")
+            problems.append(f"objectives.{objective}: must be min or max, got {direction!r}")
+        name = _column_of(objective, names)
+        if isinstance(name, list):
+            problems.append(
+                f"objectives.{objective}: no column {objective!r} and {len(name)} prefixed ones "
+                f"({', '.join(repr(n) for n in name)}); name the one meant"
+            )
+            continue
         if name not in names:
             problems.append(f"objectives: unknown column {name!r} (columns: {', '.join(names)})")
             continue
@@ -165,6 +288,17 @@ def _objective_columns(
             continue
         column = table.column(name)
         kind = column.type
+        if name.startswith(COLUMN_PREFIXES[1]) and (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        ):
+            # MLflow params are strings; a numeric param is an objective all the same.
+            try:
+                column = column.cast(pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                bad = next(v for v in column.to_pylist() if v is not None and not _number(v))
+                problems.append(f"objectives.{name}: must hold numbers, got {bad!r}")
+                continue
+            kind = column.type
         if pa.types.is_decimal(kind):
             column = column.cast(pa.float64())
         elif pa.types.is_null(kind):
@@ -180,3 +314,11 @@ def _objective_columns(
     if problems:
         raise ObjectivesError(problems)
     return columns
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

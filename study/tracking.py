@@ -33,8 +33,10 @@ from typing import Any, Literal
 from analysis.layout import (
     DRAWN_ARTIFACTS,
     EFFECTIVE_SPEC_FILE,
+    EXPERIMENT_KIND_TAG,
     FAILURE_TAG,
     MAPS_FILE,
+    MODEL_TRAINING_KIND,
     NODES_TAG,
     ORPHAN_TAG,
     OVERLAY_FILE,
@@ -124,11 +126,17 @@ class StudyTracker:
         self.name = name
         self.objectives = dict(objectives)
         experiment = self.client.get_experiment_by_name(name)
-        self.experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment(name)
-        )
+        # Marked as model training, so that MLflow's UI opens it on its runs, not on traces.
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a study older than the tag
+                self.client.set_experiment_tag(
+                    self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+                )
         self.parent_run_id = ""
         #: trial id -> run id, filled by the log thread (read it after :meth:`flush`).
         self.trial_runs: dict[str, str] = {}

@@ -120,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--tracking-uri", default="sqlite:///mlflow.db", metavar="URI")
     command.set_defaults(handler=resume.resume)
     command = commands.add_parser("ui", help="the MLflow UI over the study store (127.0.0.1)")
+    command.add_argument(
+        "name",
+        metavar="NAME",
+        nargs="*",
+        help="the studies to link to (default: every study in the store)",
+    )
     command.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     command.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     command.add_argument("--port", type=int, default=5000)

@@ -50,6 +50,7 @@ def show_front(
     objectives: Mapping[str, Direction],
     *,
     filter_string: str | None = None,
+    selected: str | None = None,
     fmt: Format = "table",
     out: Path | None = None,
     mark: bool = False,
@@ -58,7 +59,12 @@ def show_front(
     front over ``objectives`` printed as ``fmt`` after a one-line summary, or written to
     ``out``; returns the exit code. The arguments are checked already; what the store says
     is reported as ``apc pareto: ...`` on stderr. ``mark`` (one study): the study's trial runs
-    are tagged with this front (:mod:`analysis.marks`)."""
+    are tagged with this front (:mod:`analysis.marks`).
+
+    ``selected`` says in words which trials ``filter_string`` selects (``"finished"``): the
+    summary then reads "Pareto front of study 'NAME': 8 of 12 finished trials, over map
+    (max), ..." instead of naming a filter the user never typed (``apc run``'s end).
+    """
     from mlflow.exceptions import MlflowException
 
     from analysis.export import ranked_front, render
@@ -74,11 +80,15 @@ def show_front(
         print(f"apc pareto: MLflow: {error.message}", file=sys.stderr)
         return 1
     unique = list(dict.fromkeys(names))
-    which = (
-        f"of study {unique[0]!r}"
+    studies = (
+        f"study {unique[0]!r}"
         if len(unique) == 1
-        else "of studies " + ", ".join(repr(n) for n in unique)
-    ) + (f" matching {filter_string!r}" if filter_string else "")
+        else "studies " + ", ".join(repr(n) for n in unique)
+    )
+    if selected is not None:
+        which = f"of {studies} ({selected})"
+    else:
+        which = f"of {studies}" + (f" matching {filter_string!r}" if filter_string else "")
     if trials.num_rows == 0:
         print(f"apc pareto: no trial runs {which}", file=sys.stderr)
     else:
@@ -93,10 +103,17 @@ def show_front(
             return usage("pareto", unlogged)
     front = ranked_front(trials, objectives)
     data = render(front, fmt, objectives)
-    summary = (
-        f"{front.num_rows} of {trials.num_rows} trials {which} on the Pareto front of "
-        + ", ".join(f"{name}:{direction}" for name, direction in objectives.items())
-    )
+    if selected is not None:
+        summary = (
+            f"Pareto front of {studies}: {front.num_rows} of {trials.num_rows} {selected} "
+            "trials, over "
+            + ", ".join(f"{name} ({direction})" for name, direction in objectives.items())
+        )
+    else:
+        summary = (
+            f"{front.num_rows} of {trials.num_rows} trials {which} on the Pareto front of "
+            + ", ".join(f"{name}:{direction}" for name, direction in objectives.items())
+        )
     if out is not None:
         try:
             out.write_bytes(data)

@@ -116,7 +116,10 @@ def finish(spec: Spec, outcome: StudyOutcome) -> int:
         rows = effect_table(spec.tracking_uri, spec.name, parent_run_id=outcome.parent_run_id)
         print("\nThe enqueued settings beside the teacher (last epoch):\n")
         sys.stdout.write(render_effect_table(rows))
-    print(f"\nbrowse it: apc ui --tracking-uri {spec.tracking_uri}")
+    print(f"\nbrowse it: apc ui {spec.name} --tracking-uri {spec.tracking_uri}")
+    link = _runs_link(spec)
+    if link:
+        print(f"  and open {link} (the study run, its trials nested under it)")
     return code
 
 
@@ -133,6 +136,18 @@ def _log_front_plots(spec: Spec, outcome: StudyOutcome) -> None:
         print(f"\nlogged to study run {outcome.parent_run_id}: {', '.join(logged)}")
 
 
+def _runs_link(spec: Spec) -> str | None:
+    """The page of the study's runs in the UI ``apc ui`` serves (its default address), or
+    None when the store cannot say the experiment's id now."""
+    from study.cli.ui import study_links
+
+    try:
+        links = study_links(spec.tracking_uri, "http://127.0.0.1:5000", names=[spec.name])
+    except Exception:  # the study is recorded; a link is a convenience
+        return None
+    return links[0][1] if links else None
+
+
 def _print_front(spec: Spec, outcome: StudyOutcome) -> None:
     """The study's Pareto table, as ``apc pareto NAME --objectives (the spec's) --filter (this
     study run's FINISHED trials)`` prints it."""
@@ -146,4 +161,10 @@ def _print_front(spec: Spec, outcome: StudyOutcome) -> None:
     # Trials that ended FAILED (diverged) or KILLED (stopped early by ASHA) have no
     # measurement of a trained student; their runs stay browsable in MLflow.
     finished = finished_trials_filter(outcome.parent_run_id)
-    show_front(spec.tracking_uri, [spec.name], spec.objectives, filter_string=finished)
+    show_front(
+        spec.tracking_uri,
+        [spec.name],
+        spec.objectives,
+        filter_string=finished,
+        selected="finished",
+    )

@@ -14,6 +14,8 @@ from analysis.layout import (
     COLUMN_KIND_KEY,
     DEFAULT_OBJECTIVES,
     EFFECTIVE_SPEC_FILE,
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
     NOTE_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -92,7 +94,9 @@ def test_every_name_in_all_exists_and_tags_are_distinct() -> None:
     for name in layout.__all__:
         assert hasattr(layout, name), name
     assert len(set(TAG_KEYS)) == len(TAG_KEYS)
-    assert all(key.startswith("apc.") for key in TAG_KEYS if key not in (PARENT_TAG, NOTE_TAG))
+    # MLflow's own tags are MLflow's names; apc's are under apc.
+    mlflow_tags = {PARENT_TAG, NOTE_TAG, EXPERIMENT_KIND_TAG}
+    assert all(key.startswith("apc.") for key in TAG_KEYS if key not in mlflow_tags)
 
 
 def test_the_searched_params_cover_every_methods_parameters() -> None:
@@ -200,6 +204,9 @@ def test_a_record_holds_the_newest_study_run_its_spec_teacher_and_trials(
     expected = load_trials(store["uri"], NAME, filter_string=parent_filter(store["parent"]))
     assert record.table().equals(expected)
     assert record.client.download_artifacts(store["parent"], EFFECTIVE_SPEC_FILE)
+    # Marked as model training: MLflow's UI opens it on its runs.
+    experiment = record.client.get_experiment_by_name(NAME)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
 
 
 def test_a_record_of_an_older_study_run(store: dict[str, str]) -> None:

@@ -367,3 +367,27 @@ def test_several_studies_share_one_front(
     table = capsys.readouterr().out
     assert table.startswith("2 of 4 trials of studies 'kd', 'int8' on the Pareto front of")
     assert table.splitlines()[1].split()[:4] == ["trial", "study", "map", "params"]
+
+
+def test_the_end_of_a_run_heads_its_table_in_words(
+    store: StudyStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`apc run` and `apc resume` end with the front of the study run's FINISHED trials: the
+    heading names the study, the count and the objectives, not the filter that selects them."""
+    from study.cli.run import _print_front
+    from study.runner import StudyOutcome
+    from study.spec import parse_spec
+
+    spec = parse_spec({"name": STUDY, "tracking_uri": store.uri})
+    outcome = StudyOutcome(store.parent_run_id, trials=len(TRIALS), failed=1, seconds=1.0)
+    _print_front(spec, outcome)
+    out, err = capsys.readouterr()
+    assert err == ""
+    finished = [t for t in TRIALS if t.status == "FINISHED"]
+    front = expected_front(DEFAULT, finished)
+    assert out.splitlines()[0] == (
+        f"Pareto front of study '{STUDY}': {len(front)} of {len(finished)} finished trials, "
+        "over map (max), attr_auc (max), params (min)"
+    )
+    assert "tags.mlflow.parentRunId" not in out
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ranked(DEFAULT, front)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,40 +15,48 @@ from study.cli import main
 
 pytestmark = pytest.mark.integration
 
+#: What the study fixture's `apc run` printed (stdout and stderr, Ray's worker lines too).
+_PRINTED: dict[str, str] = {}
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp("study")
     uri = f"sqlite:///{root}/mlflow.db"
-    code = main(
-        [
-            "run",
-            "--name",
-            "tiny",
-            "--trials",
-            "2",
-            "--tracking-uri",
-            uri,
-            "--storage",
-            str(root / "results"),
-            "--set",
-            "epochs=2",
-            "--set",
-            "dataset.train_size=48",
-            "--set",
-            "dataset.val_size=16",
-            "--set",
-            "dataset.image_size=32",
-            "--set",
-            "teacher.epochs=1",
-            "--set",
-            "training.batch_size=16",
-            "--set",
-            "max_concurrent=2",
-            "--set",
-            "enqueue=[{matching: none, student_width: 2}, {matching: sswa, beta: 1.0, drop_p: 0.3, student_width: 2}]",
-        ]
-    )
+    # Ray's log monitor prints worker output to sys.stdout / sys.stderr as they are then.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(
+            [
+                "run",
+                "--name",
+                "tiny",
+                "--trials",
+                "2",
+                "--tracking-uri",
+                uri,
+                "--storage",
+                str(root / "results"),
+                "--set",
+                "epochs=2",
+                "--set",
+                "dataset.train_size=48",
+                "--set",
+                "dataset.val_size=16",
+                "--set",
+                "dataset.image_size=32",
+                "--set",
+                "teacher.epochs=1",
+                "--set",
+                "training.batch_size=16",
+                "--set",
+                "max_concurrent=2",
+                "--set",
+                "enqueue=[{matching: none, student_width: 2}, {matching: sswa, beta: 1.0, drop_p: 0.3, student_width: 2}]",
+            ]
+        )
+    _PRINTED["run"] = printed.getvalue()
+    sys.stdout.write(_PRINTED["run"])  # shown with a failing test's output
     assert code == 0
     return uri, root
 
@@ -201,3 +213,19 @@ def test_report_on_the_study_holds_pies_and_overlays_of_its_trials(
         rows = list(csv.DictReader(file))
     assert sorted(r["row"] for r in rows) == ["SSWA", "naive"]
     assert "## PIEs" in (out / "report.md").read_text()
+
+
+def test_the_terminal_shows_tunes_table_and_the_front_in_words(study: tuple[str, Path]) -> None:
+    printed = _PRINTED["run"]
+    assert "Trial status:" in printed  # Tune's status table (verbose=1) is kept
+    # One line per trial epoch from Ray's storage logger was noise (72 in the demo).
+    assert "Checkpoint successfully created" not in printed
+    assert re.search(
+        r"^Pareto front of study 'tiny': \d of 2 finished trials, over map \(max\), ",
+        printed,
+        re.MULTILINE,
+    ), printed[-3000:]
+    assert "attributes.status" not in printed
+    assert re.search(
+        r"^  and open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?", printed, re.M
+    )
