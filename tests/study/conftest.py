@@ -7,6 +7,30 @@ from pathlib import Path
 
 import pytest
 
+#: ``--set`` values of a tiny real study: one epoch of a narrow student over 32 images of 32 px
+#: (the teacher too), two trials at a time; seconds per trial on a CPU.
+TINY_STUDY_SETTINGS: tuple[str, ...] = (
+    "epochs=1",
+    "dataset.train_size=32",
+    "dataset.val_size=16",
+    "dataset.image_size=32",
+    "teacher.epochs=1",
+    "training.batch_size=16",
+    "max_concurrent=2",
+)
+
+
+def tiny_run_args(
+    name: str, tracking_uri: str, storage: Path, *settings: str, trials: int = 3
+) -> list[str]:
+    """``apc run``'s arguments for a tiny real study (:data:`TINY_STUDY_SETTINGS`, then
+    ``settings``) named ``name``, tracked at ``tracking_uri``, Tune's files under ``storage``."""
+    args = ["run", "--name", name, "--trials", str(trials), "--tracking-uri", tracking_uri]
+    args += ["--storage", str(storage)]
+    for setting in (*TINY_STUDY_SETTINGS, *settings):
+        args += ["--set", setting]
+    return args
+
 
 @pytest.fixture(autouse=True)
 def _no_weights_download(

@@ -29,6 +29,7 @@ from analysis.layout import (
     finished_trials_filter,
 )
 from study.cli import main
+from tests.study.conftest import tiny_run_args
 from tests.study.mlflow_outage import MlflowServer
 
 pytestmark = pytest.mark.integration
@@ -48,36 +49,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     try:
         with contextlib.redirect_stdout(out):
             code = main(
-                [
-                    "run",
-                    "--name",
+                tiny_run_args(
                     NAME,
-                    "--trials",
-                    "3",
-                    "--tracking-uri",
                     server.uri,
-                    "--storage",
-                    str(root / "results"),
-                    "--set",
-                    "epochs=1",
-                    "--set",
-                    "dataset.train_size=32",
-                    "--set",
-                    "dataset.val_size=16",
-                    "--set",
-                    "dataset.image_size=32",
-                    "--set",
-                    "teacher.epochs=1",
-                    "--set",
-                    "training.batch_size=16",
-                    "--set",
-                    "max_concurrent=2",
-                    "--set",
+                    root / "results",
                     "registry=true",
-                    "--set",
                     "enqueue=[{matching: none, student_width: 2}, "
                     "{matching: swa, beta: 1.0, student_width: 4}]",
-                ]
+                )
             )
         assert code == 0, out.getvalue()
         client = MlflowClient(tracking_uri=server.uri)
