@@ -1,8 +1,9 @@
 """The distillation trainable: a narrower student learns from the teacher with KD + matching.
 
-Searched config keys (``search_spaces/distillation.yaml``): ``matching`` (none, ewa, swa,
-sswa), ``beta``, ``drop_p`` and ``student_width`` (the student's width divisor relative to the
-teacher: the teacher at /2 and student_width 4 give a /8 student). Everything fixed for the
+Searched config keys (``search_spaces/distillation.yaml``): ``matching`` (a kind of
+:data:`trainables.matching_kinds.MATCHING_KINDS`), ``beta``, ``drop_p`` and ``student_width``
+(the student's width divisor relative to the teacher: the teacher at /2 and student_width 4
+give a /8 student). Everything fixed for the
 whole study travels in :class:`TrialSetup`, and the teacher's weights through Ray's object
 store (``tune.with_parameters``), so no trial retrains or reloads the teacher from disk.
 """

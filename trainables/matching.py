@@ -1,8 +1,11 @@
-"""Attribution-matching losses (EWA, SWA, SSWA) between a teacher and a compressed student.
+"""Attribution-matching losses (EWA, SWA, SSWA, Grad-CAM cos) between a teacher and a student.
 
 Loss (paper eq. 2): ``beta * sum_j || M_s/||M_s|| - M_t/||M_t|| ||_2``, averaged over the batch,
 with one matched layer j (the last convolutional block) and the maps M defined in
-:mod:`trainables.attribution`. The caller multiplies by beta.
+:mod:`trainables.attribution`. ``gradcam_cos`` (Parchami-Araghi et al., "Good Teachers
+Explain", ECCV 2024) matches SWA's map, which is Grad-CAM at the matched layer, with
+``1 - cos(M_s, M_t)`` instead: in [0, 2], and equal to half the square of SWA's distance. The
+caller multiplies by beta.
 
 Cost model, which is the point of this module (the official code does neither):
 
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables.attribution import channel_drop_mask, ewa_map, swa_map
+from trainables.matching_kinds import CLASS_SPECIFIC_KINDS, MATCHING_KINDS, MatchingKind
 from trainables.models import forward_features, forward_head, linear_head_weight
 from trainables.precision import widen
 
@@ -33,7 +37,9 @@ __all__ = [
     "CLASS_SELECTIONS",
     "MATCHING_KINDS",
     "MatchingConfig",
+    "MatchingKind",
     "TeacherTargets",
+    "cosine_map_distance",
     "matching_loss",
     "normalized_map_distance",
     "select_classes",
@@ -41,9 +47,7 @@ __all__ = [
     "teacher_targets",
 ]
 
-MatchingKind = Literal["none", "ewa", "swa", "sswa"]
 ClassSelection = Literal["top1", "topk", "positives"]
-MATCHING_KINDS: tuple[MatchingKind, ...] = ("none", "ewa", "swa", "sswa")
 CLASS_SELECTIONS: tuple[ClassSelection, ...] = ("top1", "topk", "positives")
 _EPS = 1e-12
 
@@ -53,10 +57,13 @@ class MatchingConfig:
     """Which map is matched and for which classes.
 
     Attributes:
-        kind: ``none`` (plain compression), ``ewa``, ``swa`` or ``sswa``.
+        kind: ``none`` (plain compression), ``ewa``, ``swa``, ``sswa`` or ``gradcam_cos``
+            (:data:`trainables.matching_kinds.MATCHING_KINDS`).
         drop_p: SSWA's channel drop probability, in [0, 1); must be 0 unless kind is ``sswa``.
-        classes: ``top1`` (the teacher's top-1 class, as the paper), ``topk`` (the teacher's
-            ``top_k`` highest logits) or ``positives`` (every positive ground-truth label).
+        classes: ``top1`` (the teacher's top-1 class, as the paper and the ECCV 2024 loss),
+            ``topk`` (the teacher's ``top_k`` highest logits) or ``positives`` (every positive
+            ground-truth label). The class-specific kinds (SWA, SSWA, Grad-CAM cos) match one
+            map per selected class and average over an image's classes; EWA has no class.
         top_k: number of classes for ``topk``.
     """
 
@@ -86,8 +93,8 @@ class MatchingConfig:
 
     @property
     def class_specific(self) -> bool:
-        """Whether the maps depend on a class (SWA and SSWA do, EWA does not)."""
-        return self.kind in ("swa", "sswa")
+        """Whether the maps depend on a class (SWA, SSWA and Grad-CAM cos do, EWA does not)."""
+        return self.kind in CLASS_SPECIFIC_KINDS
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,11 @@ def _collapsed_maps(
     create_graph: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """[B, K, h, w] maps of ``config.kind`` (K = 1 for EWA)."""
+    """[B, K, h, w] maps of ``config.kind`` (K = 1 for EWA).
+
+    SWA, SSWA (with channels dropped) and Grad-CAM cos share one map: Grad-CAM at the matched
+    layer, with the channel weights from the head only (:func:`sensitivity_weights`).
+    """
     if config.kind == "ewa":
         # Squared in fp32 (a no-op at fp32): under fp16 autocast an activation past 256
         # would square to inf.
@@ -252,12 +263,14 @@ def teacher_targets(
     return TeacherTargets(logits=logits, features=features, classes=classes, valid=valid, maps=maps)
 
 
-def normalized_map_distance(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
-    """|| M_s/||M_s|| - M_t/||M_t|| ||_2 per map: [..., h, w] x [..., h, w] -> [...].
+def _unit_maps(student_maps: Tensor, teacher_maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Both maps flattened and scaled to unit L2 norm: [..., h, w] x [..., h, w] -> [..., h*w].
 
-    A student map of another resolution is resized to the teacher's first (bilinear).
+    A student map of another resolution is resized to the teacher's first (bilinear); the
+    channel counts never matter, each network's map is collapsed over its own channels.
     Computed in fp32 whatever the maps' dtype (bf16, fp16 under autocast): in fp16 the eps
-    below is 0, and the norm's gradient at an all-zero map would be inf.
+    below is 0, and the norm's gradient at an all-zero map would be inf. An all-zero map
+    stays all zero (norm sqrt(eps), not 0: no NaN).
     """
     student_maps, teacher_maps = widen(student_maps), widen(teacher_maps)
     if student_maps.shape[-2:] != teacher_maps.shape[-2:]:
@@ -273,7 +286,31 @@ def normalized_map_distance(student_maps: Tensor, teacher_maps: Tensor) -> Tenso
     # eps inside the norm keeps the gradient finite when a ReLU'd map is all zero.
     s = s / s.pow(2).sum(-1, keepdim=True).add(_EPS).sqrt()
     t = t / t.pow(2).sum(-1, keepdim=True).add(_EPS).sqrt()
+    return s, t
+
+
+def normalized_map_distance(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
+    """|| M_s/||M_s|| - M_t/||M_t|| ||_2 per map: [..., h, w] x [..., h, w] -> [...].
+
+    EWA's, SWA's and SSWA's distance, in [0, 2]; resizing and precision as
+    :func:`_unit_maps`.
+    """
+    s, t = _unit_maps(student_maps, teacher_maps)
+    # eps under the root keeps the gradient finite where the two maps are equal.
     return (s - t).pow(2).sum(-1).add(_EPS).sqrt()
+
+
+def cosine_map_distance(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
+    """1 - cos(M_s, M_t) per map: [..., h, w] x [..., h, w] -> [...], in [0, 2].
+
+    The Grad-CAM cos distance (ECCV 2024); resizing and precision as :func:`_unit_maps`.
+    Equal to half the square of :func:`normalized_map_distance` (up to eps), so near
+    agreement its gradient is that distance times SWA's: it pulls less when the maps are
+    close. An all-zero map has cos 0, so the distance is 1, finite, and no gradient flows to
+    the other map (nothing to align with).
+    """
+    s, t = _unit_maps(student_maps, teacher_maps)
+    return 1.0 - (s * t).sum(-1)
 
 
 def matching_loss(
@@ -309,7 +346,8 @@ def matching_loss(
         create_graph=True,
         generator=generator,
     )
-    distances = normalized_map_distance(student_maps, targets.maps)  # [B, K]
+    distance = cosine_map_distance if config.kind == "gradcam_cos" else normalized_map_distance
+    distances = distance(student_maps, targets.maps)  # [B, K]
     if config.kind == "ewa":
         return distances.mean()
     valid = targets.valid.to(distances.dtype)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from trainables.matching_kinds import MATCHING_KINDS
+
 __all__ = [
     "BUILTIN_METHODS",
     "PARAMETER_DOMAINS",
@@ -42,8 +44,6 @@ def _finite(value: object) -> bool:
 
 
 def _matching(_: int) -> tuple[str, Predicate]:
-    from trainables.matching import MATCHING_KINDS
-
     return f"must be one of {list(MATCHING_KINDS)}", lambda v: v in MATCHING_KINDS
 
 

@@ -4,7 +4,8 @@ What one report holds, for the newest study run of a study (its parent run) and 
 nested under it:
 
 - ``report.md`` / ``report.csv``: the paper's table. Per method of the study, a teacher row and
-  one row per matching kind (naive = matching ``none``, EWA, SWA, SSWA). A kind's row is the
+  one row per matching kind (naive = matching ``none``, EWA, SWA, SSWA, then Grad-CAM cos,
+  ECCV 2024: ``MATCHING_KINDS``). A kind's row is the
   trial of the study's enqueued setting of that kind (the paper's settings, found through
   ``analysis.effect.effect_table``) when that trial FINISHED, else the FINISHED trial of that
   kind with the best ``map`` (ties: the one that started first). Columns: ``REPORT_METRICS``

@@ -75,7 +75,13 @@ __all__ = [
 
 #: The metrics drawn against beta, one panel each, in order.
 BETA_METRICS: Final = ("map", "attr_auc")
-_KIND_COLORS: Final = {"none": "0.45", "ewa": "tab:blue", "swa": "tab:orange", "sswa": "tab:green"}
+_KIND_COLORS: Final = {
+    "none": "0.45",
+    "ewa": "tab:blue",
+    "swa": "tab:orange",
+    "sswa": "tab:green",
+    "gradcam_cos": "tab:purple",  # not red: the Pareto front's colour
+}
 _METHOD_MARKERS: Final = ("o", "s", "^", "D", "v", "P")
 _FRONT_COLOR: Final = "tab:red"
 

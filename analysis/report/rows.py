@@ -25,6 +25,7 @@ from analysis.layout import SETTING_PARAMS, Direction
 from analysis.pies import PieSummary, load_per_sample, pie_summary
 from analysis.record import StudyRecord, load_study_record, objectives_of_params
 from analysis.runs import tracking_client
+from trainables.matching_kinds import MATCHING_KIND_LABELS
 from trainables.metric_names import (
     ATTRIBUTION_METHOD_NAMES,
     ATTRIBUTION_METRICS,
@@ -59,13 +60,9 @@ REPORT_METRICS: Final[tuple[str, ...]] = (
     "attr_l2",
     "params",
 )
-#: Matching kind (the ``matching`` param) -> its row's name, in the table's order.
-MATCHING_KINDS: Final[dict[str, str]] = {
-    "none": "naive",
-    "ewa": "EWA",
-    "swa": "SWA",
-    "sswa": "SSWA",
-}
+#: Matching kind (the ``matching`` param) -> its row's name, in the table's order: the
+#: trainables' kinds and labels (:data:`trainables.matching_kinds.MATCHING_KIND_LABELS`).
+MATCHING_KINDS: Final[dict[str, str]] = dict(MATCHING_KIND_LABELS.items())
 #: The status of a trial run that completed.
 FINISHED: Final = "FINISHED"
 

@@ -47,6 +47,7 @@ ENQUEUE = [
     {"matching": "ewa", "beta": 2.0, "student_width": 2},
     {"matching": "swa", "beta": 1.0, "student_width": 2},
     {"matching": "sswa", "beta": 1.0, "drop_p": 0.3, "student_width": 2},
+    {"matching": "gradcam_cos", "beta": 5.0, "student_width": 2},
 ]
 OBJECTIVES: dict[str, Direction] = {"map": "max", "attr_auc": "max", "params": "min"}
 TEACHER = {
@@ -83,6 +84,7 @@ def _final(
 #: trials FINISHED; the enqueued SWA one FAILED, so SWA's row is its best FINISHED trial by
 #: map (6, tied with the later 8; the KILLED 7 has a higher map). Trial 4 beats the enqueued
 #: naive one on map but the enqueued setting wins. Trial 9 has the best map and a NaN attr_auc.
+#: Trial 11, the enqueued Grad-CAM cos one, FINISHED; trial 5 dominates it (off the front).
 TRIALS: list[Trial] = [
     _trial(
         0, "FINISHED", _final(50.0, 88.0, 150000.0, 0.91, 0.37), matching="none", student_width=2
@@ -133,6 +135,14 @@ TRIALS: list[Trial] = [
         beta=2.0,
         drop_p=0.1,
         student_width=8,
+    ),
+    _trial(
+        11,
+        "FINISHED",
+        _final(61.0, 94.0, 150000.0, 0.96, 0.25),
+        matching="gradcam_cos",
+        beta=5.0,
+        student_width=2,
     ),
 ]
 #: LRP's metrics, measured with the last epoch, of the table's trials.
@@ -204,6 +214,7 @@ EXPECTED_ROWS = [
     ("EWA", 1, "enqueued"),
     ("SWA", 6, "best map of 3 FINISHED (enqueued trial FAILED)"),
     ("SSWA", 3, "enqueued"),
+    ("Grad-CAM cos (ECCV'24)", 11, "enqueued"),
 ]
 
 
@@ -359,6 +370,7 @@ def test_rows_are_the_teacher_then_each_kinds_enqueued_or_best_finished_trial(
         "beta=2, student_width=2",
         "beta=4, student_width=8",
         "beta=1, drop_p=0.3, student_width=2",
+        "beta=5, student_width=2",
     ]
     assert report.trials == len(TRIALS)
     assert report.finished == len(FINISHED)
@@ -379,7 +391,14 @@ def test_csv_and_markdown_hold_the_same_rows(report: Report) -> None:
         *REPORT_METRICS,
         *lrp,
     ]
-    assert [r["row"] for r in records] == ["teacher", "naive", "EWA", "SWA", "SSWA"]
+    assert [r["row"] for r in records] == [
+        "teacher",
+        "naive",
+        "EWA",
+        "SWA",
+        "SSWA",
+        "Grad-CAM cos (ECCV'24)",
+    ]
     for record, row in zip(records, report.rows, strict=True):
         assert record["trial"] == (row.trial or "")
         assert record["run_id"] == (row.run_id or "")
@@ -488,7 +507,8 @@ def test_the_package_exports_the_report() -> None:
 
 def test_pie_section_and_csv_hold_each_rows_pies(store: ReportStudy, report: Report) -> None:
     records = list(csv.DictReader(io.StringIO((report.folder / "pies.csv").read_text())))
-    assert [r["row"] for r in records] == ["naive", "EWA", "SWA", "SSWA"]
+    assert [r["row"] for r in records] == [row for row, _, _ in EXPECTED_ROWS]
+    assert records[-1]["row"] == "Grad-CAM cos (ECCV'24)"
     for record, (_, i, _) in zip(records, EXPECTED_ROWS, strict=True):
         pies = pie_indices(i)
         rest = [row for row in range(SAMPLES) if row not in pies]
@@ -521,7 +541,11 @@ def test_overlays_put_the_rows_with_the_same_images_side_by_side(report: Report)
     assert path in report.files
     with Image.open(path) as image:
         width, height = image.size
-    # Image, teacher, naive, EWA, SSWA (SWA's maps explain other classes): 5 columns, 3 rows.
+    # Image, teacher, naive, EWA, SSWA, Grad-CAM cos (SWA's maps explain other classes):
+    # 6 columns, 3 rows.
     assert width > height
     markdown = (report.folder / "report.md").read_text()
-    assert "Grad-CAM of the teacher and of the naive, EWA, SSWA trials" in markdown
+    assert (
+        "Grad-CAM of the teacher and of the naive, EWA, SSWA, Grad-CAM cos (ECCV'24) trials"
+        in markdown
+    )

@@ -46,7 +46,7 @@ def test_define_by_run_samples_conditional_parameters_only_when_they_apply() -> 
             assert 0.2 <= params["beta"] <= 20.0
         assert params["student_width"] in (2, 4, 8)
         study.tell(trial, 0.0)
-    assert set(seen) == {"none", "ewa", "swa", "sswa"}
+    assert set(seen) == {"none", "ewa", "swa", "sswa", "gradcam_cos"}
 
 
 def test_enqueued_points_are_taken_by_define_by_run() -> None:

@@ -20,7 +20,7 @@ def test_demo_preset_is_valid_and_opens_with_its_command() -> None:
     assert isinstance(spec, Spec)
     assert PRESET.read_text().startswith("# apc run study/presets/demo.yaml")
     assert spec.name == "demo"
-    assert [p["matching"] for p in spec.enqueue] == ["none", "ewa", "swa", "sswa"]
+    assert [p["matching"] for p in spec.enqueue] == ["none", "ewa", "swa", "sswa", "gradcam_cos"]
     assert spec.objectives == {"map": "max", "attr_auc": "max", "params": "min"}
     assert spec.dataset.image_size == 64
     assert spec.teacher.arch == "vgg11_bn"

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from trainables.loop import TrainState
+
 
 @dataclass
 class Reports:
@@ -31,3 +33,8 @@ class Reports:
         self.metrics.append(metrics)
         self.payloads.append(dict(payload))
         self.models.append(model)
+
+    def record(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        """The loop's ``Reporter`` form (``run_distillation``'s ``report``): the state's dict
+        as the payload, no model."""
+        self(epoch, metrics, state.as_dict())

@@ -114,6 +114,23 @@ def test_every_default_search_space_exists_and_names_only_its_parameters(name: s
     assert set(descriptor.required) <= named
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_default_search_space_offers_every_matching_kind_with_a_beta(name: str) -> None:
+    # The YAML cannot import MATCHING_KINDS; this keeps the spaces in step with it.
+    from trainables.matching_kinds import MATCHING_KINDS
+
+    descriptor = method_descriptor(name)
+    assert descriptor.search_space is not None
+    data = yaml.safe_load(builtin_search_space_path(descriptor.search_space).read_text())
+    parameters = data["parameters"]
+    assert parameters["matching"]["choices"] == list(MATCHING_KINDS)
+    assert parameters["beta"]["when"]["matching"] == [k for k in MATCHING_KINDS if k != "none"]
+    domain_rule, domain = descriptor.domains(1)["matching"]
+    assert all(domain(kind) for kind in MATCHING_KINDS)
+    assert not domain("gwa")
+    assert "'gradcam_cos'" in domain_rule
+
+
 def test_every_presets_method_has_a_descriptor_and_every_named_preset_exists() -> None:
     for path in preset_paths():
         method = yaml.safe_load(path.read_text()).get("method", "distillation")

@@ -170,7 +170,7 @@ def test_parse_options_reports_every_problem() -> None:
 
 
 @pytest.mark.parametrize("arch", ["vgg11_bn", "resnet18"])
-@pytest.mark.parametrize("kind", ["ewa", "swa", "sswa"])
+@pytest.mark.parametrize("kind", ["ewa", "swa", "sswa", "gradcam_cos"])
 def test_matching_losses_train_a_pruned_student(arch: str, kind: Any) -> None:
     teacher = _model(arch)
     student = prune_structured(teacher, rate=0.5, image_size=SIZE).model.train()
