@@ -53,7 +53,8 @@ TABLE_PATH: Final = Path(__file__).parent / "tables" / "search_table.parquet"
 EPOCH: Final = "epoch"
 SECONDS: Final = "seconds"
 DIVERGED: Final = "diverged"
-METADATA_KEY: Final = b"apc.search_table"
+#: The table's own settings, in its Parquet schema metadata (not an MLflow tag).
+METADATA_KEY: Final = b"bench.search_table"
 
 Lookup = Literal["nearest", "linear"]
 LOOKUPS: Final[tuple[Lookup, ...]] = ("nearest", "linear")

@@ -15,6 +15,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
+
+from study.presets import DEMO_SPEC
+from trainables.matching_kinds import MATCHING_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
@@ -26,7 +30,8 @@ OBJECTIVES = {"map": "max", "attr_auc": "max", "params": "min"}
 def _configs() -> list[dict[str, Any]]:
     """The distillation space's grid, its `when` conditions honoured."""
     configs: list[dict[str, Any]] = [{"matching": "none", "student_width": w} for w in WIDTHS]
-    for kind, beta, width in itertools.product(("ewa", "swa", "sswa"), BETAS, WIDTHS):
+    matched = [k for k in MATCHING_KINDS if k != "none"]
+    for kind, beta, width in itertools.product(matched, BETAS, WIDTHS):
         config: dict[str, Any] = {"matching": kind, "beta": beta, "student_width": width}
         if kind == "sswa":
             config["drop_p"] = 0.3
@@ -38,7 +43,7 @@ def _final(config: dict[str, Any]) -> dict[str, float]:
     """Made-up trade-offs: wider students map better, matching helps attr_auc, costs map."""
     width = config["student_width"]
     beta = config.get("beta", 0.0)
-    kind = ["none", "ewa", "swa", "sswa"].index(config["matching"])
+    kind = MATCHING_KINDS.index(config["matching"])
     return {
         "map": 70.0 - 4.0 * width - 0.3 * beta + kind,
         "attr_auc": 85.0 + kind * 2.0 + math.log1p(beta) - 0.5 * width,
@@ -143,8 +148,9 @@ def test_trials_and_epochs_add_up(lines: list[dict[str, Any]]) -> None:
         assert len(trace) == run["trials"] == 8
         assert run["epochs"] == sum(t["epochs"] for t in trace)
         assert run["complete"] + run["stopped"] + run["failed"] == 8
-        # The demo's four settings first, as the service enqueues them.
-        assert [t["config"]["matching"] for t in trace[:4]] == ["none", "ewa", "swa", "sswa"]
+        # The demo's enqueued settings first, as the service enqueues them.
+        enqueued = [p["matching"] for p in yaml.safe_load(DEMO_SPEC.read_text())["enqueue"]]
+        assert [t["config"]["matching"] for t in trace[: len(enqueued)]] == enqueued
         for t in trace:  # the space's `when`: beta with a matching loss, drop_p with sswa
             assert ("beta" in t["config"]) == (t["config"]["matching"] != "none")
             assert ("drop_p" in t["config"]) == (t["config"]["matching"] == "sswa")

@@ -65,7 +65,7 @@ def test_report_logs_to_the_newest_study_run_and_writes_out(
         assert (fetched / name).read_bytes() == (out / name).read_bytes(), name
     # Prints the Markdown table as report.md holds it, then where everything went.
     markdown = (out / "report.md").read_text()
-    table = stdout.split("\n\n9 of 11 trials FINISHED")[0]
+    table = stdout.split("\n\n10 of 12 trials FINISHED")[0]
     assert table.startswith(f"**Table.** Study `{STUDY}` (study run `{store.parent_run_id}`)")
     assert table in markdown
     rows = [line for line in table.splitlines() if line.startswith("| distillation |")]
@@ -75,11 +75,12 @@ def test_report_logs_to_the_newest_study_run_and_writes_out(
         TRIALS[1].name,
         TRIALS[6].name,
         TRIALS[3].name,
+        TRIALS[11].name,
     ]
     assert "distill_ab12_00099" not in stdout  # the older study run's trial
     lines = stdout.splitlines()
     assert lines[-3] == (
-        "9 of 11 trials FINISHED; 4 on the Pareto front of map:max, attr_auc:max, params:min"
+        "10 of 12 trials FINISHED; 4 on the Pareto front of map:max, attr_auc:max, params:min"
     )
     assert lines[-2].startswith(
         f"logged to study run {store.parent_run_id} under report/: {', '.join(REPORT_FILES)} ("
