@@ -96,7 +96,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    # One server start takes about a minute on 2 cores: SIGINT's case in the slow tier.
+    [(signal.SIGTERM, 0), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+)
 def test_a_signal_ends_the_servers_whole_process_group(
     store: str, sig: signal.Signals, code: int
 ) -> None:

@@ -253,7 +253,9 @@ def test_a_spool_of_torn_lines_only_is_removed_once_read(store: tuple[str, Path]
     second.close(status="FINISHED", timeout_s=10)
 
 
+# Minutes of a real study torn and resumed: the slow tier.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_resume_backfills_a_finished_study_from_a_torn_spool_and_result_json(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -167,7 +167,9 @@ def test_a_stale_spool_of_that_name_is_refused(
     assert spool.read_text() == '{"op": "end_study", "status": "FINISHED"}\n'  # kept
 
 
+# Minutes of a real study killed and run again: the slow tier, with the cluster kill tests.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_driver_killed_in_the_teacher_stage_leaves_a_name_that_runs_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
