@@ -16,9 +16,8 @@ hypervolume improvement for several objectives), scheduler (``none``; ``asha``: 
 simulated study:
 
 * the searcher is the service's own (``study.runner.build_searcher`` of the demo spec with
-  that sampler, seed and budget: the demo's four settings enqueued first, repeats not re-run,
-  NaN objectives told as their worst value, a stopped trial told PRUNED). ``gp`` is no spec
-  choice, so its stack is built with ``random`` and the Optuna study's sampler replaced;
+  that sampler, seed and budget: the demo's enqueued settings first, repeats not re-run,
+  NaN objectives told as their worst value, a stopped trial told PRUNED);
 * the scheduler is the service's own object (``study.runner.build_scheduler``), driven with
   the calls Tune's controller makes (``on_trial_add``, ``on_trial_result`` per epoch,
   ``on_trial_complete`` when a trial ends or is stopped, ``on_trial_error`` when it diverges);
@@ -142,8 +141,7 @@ def _spec(case: Case, settings: Settings, epochs: int) -> Any:
             f"max_concurrent={case.max_concurrent}",
             f"seed={case.seed}",
             f"epochs={epochs}",
-            # gp is no spec choice: its stack is built with random, then its sampler replaced.
-            f"sampler={'random' if case.sampler == 'gp' else case.sampler}",
+            f"sampler={case.sampler}",
             *scheduler,
         ],
     )
@@ -151,16 +149,8 @@ def _spec(case: Case, settings: Settings, epochs: int) -> Any:
 
 def _searcher(spec: Any, case: Case) -> Any:
     from study.runner import build_searcher
-    from study.search import optuna_study
 
-    searcher = build_searcher(spec)
-    if case.sampler == "gp":
-        import optuna
-
-        optuna_study(searcher).sampler = optuna.samplers.GPSampler(
-            seed=case.seed, warn_independent_sampling=False
-        )
-    return searcher
+    return build_searcher(spec)
 
 
 def _quiet() -> None:

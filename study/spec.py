@@ -48,7 +48,7 @@ from search_spaces.bounded_yaml import (
     load_bounded_yaml,
     read_bounded_yaml,
 )
-from study.samplers import SAMPLERS
+from study.samplers import DEFAULT_SAMPLER, SAMPLERS
 from trainables.data.descriptors import DATASETS
 from trainables.data.registry import DATASET_NAMES
 from trainables.loop import Optimization
@@ -259,7 +259,7 @@ class Spec:
     objectives: Mapping[str, Literal["min", "max"]] = field(
         default_factory=lambda: dict(DEFAULT_OBJECTIVES)
     )
-    sampler: str = "nsga2"
+    sampler: str = DEFAULT_SAMPLER
     trials: int = 12
     max_concurrent: int = 2
     epochs: int = 3
@@ -837,7 +837,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> Spec:
         search_space_ref=reference,
         enqueue=tuple(enqueue),
         objectives=_objectives(data.get("objectives"), problems),
-        sampler=s.get("sampler", "nsga2", _choice(SAMPLERS)),
+        sampler=s.get("sampler", DEFAULT_SAMPLER, _choice(SAMPLERS)),
         trials=trials,
         max_concurrent=s.get("max_concurrent", 2, _integer(1, MAX_CONCURRENT)),
         epochs=s.get("epochs", 3, _integer(1, MAX_EPOCHS)),

@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.objectives import NAN_TAG, sampler_substitutes, tag_text, worst_value
 from study.presets import DEMO_SPEC
 from study.runner import sampler_recipe
+from study.samplers import SAMPLERS
 from study.search import NanSafeOptunaSearch, optuna_study
 from study.spec import Spec, load_spec
 from study.tracking import StudyTracker, tune_callback
@@ -128,7 +129,7 @@ def test_trials_with_nothing_measured_keep_rays_states() -> None:
     assert states == [TrialState.PRUNED, TrialState.FAIL]
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_keeps_searching_after_worst_values(sampler: str) -> None:
     """Optuna accepts +/-inf in multi-objective tell and its samplers go on suggesting."""
     spec = _spec(f"sampler={sampler}", "enqueue=[]")
