@@ -166,7 +166,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         dashboard = f"http://127.0.0.1:{dashboard_port}"
-        _wait(lambda: _job_server_ready(dashboard), timeout_s=120, what="the Ray Jobs server")
+        # The job agent starts after the dashboard; on a loaded 2-core machine that took over 2 min.
+        _wait(lambda: _job_server_ready(dashboard), timeout_s=300, what="the Ray Jobs server")
         spec = root / "spec.yaml"
         spec.write_text(SPEC)
         yield Setup(cluster, mlflow, spec, root / "results", dashboard)
