@@ -55,7 +55,8 @@ search_space:
     matching: {{type: categorical, choices: [none, ewa]}}
     beta: {{type: loguniform, low: 0.5, high: 1.0e+38, when: {{matching: [ewa]}}}}
     student_width: {{type: categorical, choices: [1, 2]}}
-training: {{optimizer: sgd, lr: 0.02, batch_size: 16}}
+# grad_clip 0: the DIVERGING trial's beta must blow up its weights, which clipping prevents.
+training: {{optimizer: sgd, lr: 0.02, batch_size: 16, grad_clip: 0}}
 epochs: {EPOCHS}
 trials: 4
 max_concurrent: 2
