@@ -160,13 +160,17 @@ def _close_assistant(page: Page) -> None:
 
 def _rows(page: Page) -> dict[str, tuple[str, float]]:
     """The runs grid's rows: run id -> (run name as shown, x of the name's left edge)."""
-    found = {}
-    for row in page.locator(ROWS).all():
-        run_id = row.get_attribute("row-id") or ""
-        link = row.locator(f'a[href$="/runs/{run_id}"]')
-        box = link.bounding_box()
-        found[run_id] = (link.inner_text().strip(), box["x"] if box else -1.0)
-    return found
+    # Read in one pass inside the page: the grid re-renders while it loads, and a row found by
+    # one locator call can be gone by the next (a 90 s wait on a row that no longer exists).
+    rows: list[dict[str, Any]] = page.locator(ROWS).evaluate_all(
+        """rows => rows.map(row => {
+            const id = row.getAttribute("row-id") || "";
+            const link = row.querySelector(`a[href$="/runs/${id}"]`);
+            const box = link ? link.getBoundingClientRect() : null;
+            return {id, name: link ? link.innerText.trim() : "", x: box ? box.x : -1};
+        })"""
+    )
+    return {row["id"]: (row["name"], float(row["x"])) for row in rows}
 
 
 def _nested(page: Page, parent_id: str, want: set[str]) -> dict[str, tuple[int, str]]:
